@@ -1,0 +1,24 @@
+// Module entry point: registers every native piece on the exports object.
+#include <napi.h>
+
+#include "peer_credentials.h"
+#include "reduce_worker.h"
+#include "shm_segment.h"
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  nccld::ShmSegment::Init(env, exports);   // ShmSegment, shmUnlink
+  nccld::ReduceWorker::Init(env, exports); // reduceSlice, sliceBounds
+  nccld::InitPeerCredentials(env, exports);
+
+  // ---- GPU backend hook ----------------------------------------------------------------
+  // InitGpu(env, exports) from native/gpu/ is to be called here (not wired up yet).
+  // ---------------------------------------------------------------------------------------
+
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(nccld, Init)

@@ -1,0 +1,86 @@
+#include "nccl_lib.h"
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+
+namespace nccld {
+
+namespace {
+
+template <typename Fn>
+bool Resolve(void* lib, const char* name, Fn* slot, std::string* why) {
+  dlerror();
+  void* sym = dlsym(lib, name);
+  if (sym == nullptr) {
+    const char* err = dlerror();
+    *why = std::string("missing symbol ") + name + (err ? std::string(": ") + err : "");
+    return false;
+  }
+  *slot = reinterpret_cast<Fn>(sym);
+  return true;
+}
+
+}  // namespace
+
+const NcclLib& NcclLib::Get() {
+  // Leaked on purpose: NCCL's own threads may outlive static destruction.
+  static const NcclLib* instance = new NcclLib();
+  return *instance;
+}
+
+NcclLib::NcclLib() {
+  // NCCLD_LIBNCCL: pip wheels (nvidia-nccl-cu*) install libnccl.so.2 outside the loader path.
+  const char* path = std::getenv("NCCLD_LIBNCCL");
+  if (path == nullptr || *path == '\0') path = "libnccl.so.2";
+  void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) {
+    const char* err = dlerror();
+    reason_ = std::string("cannot load NCCL (") + (err ? err : path) + ")";
+    return;
+  }
+  std::string why;
+  bool ok = Resolve(lib, "ncclGetVersion", &api_.GetVersion, &why) &&
+            Resolve(lib, "ncclGetUniqueId", &api_.GetUniqueId, &why) &&
+            Resolve(lib, "ncclCommInitRankConfig", &api_.CommInitRankConfig, &why) &&
+            Resolve(lib, "ncclCommGetAsyncError", &api_.CommGetAsyncError, &why) &&
+            Resolve(lib, "ncclAllReduce", &api_.AllReduce, &why) &&
+            Resolve(lib, "ncclCommFinalize", &api_.CommFinalize, &why) &&
+            Resolve(lib, "ncclCommDestroy", &api_.CommDestroy, &why) &&
+            Resolve(lib, "ncclCommAbort", &api_.CommAbort, &why) &&
+            Resolve(lib, "ncclGetErrorString", &api_.GetErrorString, &why) &&
+            Resolve(lib, "ncclGetLastError", &api_.GetLastError, &why);
+  if (!ok) {
+    reason_ = std::string(path) + " is unusable: " + why;
+    return;
+  }
+  loaded_ = true;
+  if (api_.GetVersion(&version_) != nccl::kSuccess) version_ = 0;
+}
+
+std::string NcclLib::ResultName(nccl::Result r) {
+  switch (r) {
+    case 0: return "ncclSuccess";
+    case 1: return "ncclUnhandledCudaError";
+    case 2: return "ncclSystemError";
+    case 3: return "ncclInternalError";
+    case 4: return "ncclInvalidArgument";
+    case 5: return "ncclInvalidUsage";
+    case 6: return "ncclRemoteError";
+    case 7: return "ncclInProgress";
+    case 8: return "ncclTimeout";  // only in NCCL releases newer than 2.28
+    default: return "ncclResult(" + std::to_string(r) + ")";
+  }
+}
+
+std::string NcclLib::ErrorString(nccl::Result r) const {
+  const char* s = loaded_ ? api_.GetErrorString(r) : nullptr;
+  return s ? s : "unknown NCCL result";
+}
+
+std::string NcclLib::LastError(nccl::Comm comm) const {
+  const char* s = loaded_ ? api_.GetLastError(comm) : nullptr;
+  return s ? s : "";
+}
+
+}  // namespace nccld
