@@ -1,0 +1,38 @@
+// Which backend the world runs: NCCL where GPUs and the libraries are usable, else the host backend,
+// and always a sentence saying why.
+import { native } from '../shared/native.js';
+import { ErrorCodes, NccldError } from '../shared/errors.js';
+import type { Config } from './config.js';
+import type { Backend } from './device/messages.js';
+
+export interface BackendChoice {
+  backend: Backend;
+  /** One entry per rank: CUDA ordinal, or null on the host backend. */
+  devices: (number | null)[];
+  /** Why this backend, for the log and for `status`. */
+  note: string;
+}
+
+export function gpuUnavailableReason(): string | null {
+  if (!native.gpu) return 'this build of nccld has no GPU support';
+  const probe = native.gpu.probe();
+  return probe.available ? null : (probe.reason ?? 'unknown reason');
+}
+
+export function chooseBackend(cfg: Config): BackendChoice {
+  if (cfg.backend === 'host') {
+    return { backend: 'host', devices: Array(cfg.ranks).fill(null), note: 'chosen with --backend host' };
+  }
+  const reason = gpuUnavailableReason();
+  if (reason !== null) {
+    if (cfg.backend === 'nccl') throw new NccldError(ErrorCodes.GPU_UNAVAILABLE, `the nccl backend is unavailable: ${reason}`);
+    return { backend: 'host', devices: Array(cfg.ranks).fill(null), note: `GPU backend unavailable: ${reason}` };
+  }
+  const visible = native.gpu!.probe().devices.map((d) => d.ordinal);
+  const devices = cfg.devices ?? visible;
+  const missing = devices.filter((d) => !visible.includes(d));
+  if (missing.length > 0) {
+    throw new NccldError(ErrorCodes.GPU_UNAVAILABLE, `--devices names GPU ${missing.join(', ')}, but the visible GPUs are ${visible.join(', ')}`);
+  }
+  return { backend: 'nccl', devices, note: `${devices.length} GPU${devices.length === 1 ? '' : 's'}: ${devices.join(', ')}` };
+}

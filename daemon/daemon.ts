@@ -1,0 +1,102 @@
+// The daemon as a whole: a world of device processes, one scheduler, the API socket and the
+// debug socket, started in that order and stopped in the reverse one.
+import { NCCLD_VERSION } from '../shared/version.js';
+import { ApiServer } from './api-server.js';
+import { chooseBackend } from './backend-select.js';
+import type { Config } from './config.js';
+import { DebugServer } from './debug-server.js';
+import type { Logger } from './logger.js';
+import { Scheduler } from './scheduler.js';
+import type { DaemonStatus } from './status.js';
+import { World } from './world.js';
+
+/** NCCL ranks order work on their own streams; this many collectives may be on the ranks at once. */
+const NCCL_WINDOW = 64;
+
+export class Daemon {
+  readonly world: World;
+  readonly scheduler: Scheduler;
+  readonly api: ApiServer;
+  readonly debug: DebugServer;
+  private readonly startedAt = Date.now();
+  private readonly backendNote: string;
+  private draining = false;
+  private stopping: Promise<void> | null = null;
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly log: Logger,
+  ) {
+    const choice = chooseBackend(cfg);
+    this.backendNote = choice.note;
+    log.info({ backend: choice.backend, devices: choice.devices, note: choice.note }, `backend: ${choice.backend} (${choice.note})`);
+    this.world = new World({ backend: choice.backend, devices: choice.devices, logLevel: cfg.logLevel, logger: log });
+    this.scheduler = new Scheduler(this.world, {
+      window: choice.backend === 'host' ? 1 : NCCL_WINDOW,
+      maxQueued: cfg.maxQueued,
+    });
+    this.api = new ApiServer(
+      {
+        world: this.world,
+        scheduler: this.scheduler,
+        limits: { maxFrameBytes: cfg.maxFrameBytes, maxInFlight: cfg.maxInFlight },
+        draining: () => this.draining,
+      },
+      log,
+    );
+    this.debug = new DebugServer({ status: () => this.status() }, log);
+  }
+
+  async start(): Promise<void> {
+    await this.world.start();
+    await this.debug.listen(this.cfg.debugSocket, this.cfg.debugSocketMode);
+    await this.api.listen(this.cfg.socket, this.cfg.socketMode);
+    this.log.info({ socket: this.cfg.socket, debugSocket: this.cfg.debugSocket }, 'nccld serving');
+  }
+
+  /** Stop accepting, finish and answer everything accepted, stop the ranks, remove the sockets. */
+  shutdown(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info('shutting down: finishing requests in flight');
+      this.draining = true;
+      const apiClosed = this.api.stopAccepting();
+      await this.api.settled();
+      await this.scheduler.drain();
+      this.api.endSessions();
+      await apiClosed;
+      await this.world.stop();
+      await this.debug.close();
+      this.log.info('nccld stopped');
+    })();
+    return this.stopping;
+  }
+
+  status(): DaemonStatus {
+    const w = this.world;
+    return {
+      version: NCCLD_VERSION,
+      backend: w.backend,
+      backendNote: this.backendNote,
+      world: { state: w.state, size: w.size, failure: w.failure },
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      requests: {
+        served: this.scheduler.served,
+        failed: this.scheduler.failed,
+        waiting: this.scheduler.waiting,
+        running: this.scheduler.running,
+        lastSeq: this.scheduler.lastSeq,
+      },
+      clients: this.api.sessions.size,
+      ranks: w.ranks.map((r) => ({
+        rank: r.rank,
+        pid: r.pid ?? null,
+        device: r.device,
+        deviceName: r.deviceName,
+        state: r.state,
+        collectivesDone: r.collectivesDone,
+        inFlight: r.inFlight,
+        lastError: r.lastError,
+      })),
+    };
+  }
+}

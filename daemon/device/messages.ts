@@ -1,0 +1,85 @@
+// Messages between the daemon and its device processes, over the fork IPC channel
+// (advanced serialization, so Buffers and bigints pass as they are). Daemon-internal: clients never see these.
+import type { BufferRef } from '../../shared/protocol.js';
+import type { DType, ReduceOp } from '../../shared/dtypes.js';
+
+export type Backend = 'host' | 'nccl';
+
+/** Daemon → device: sent once, right after the fork. */
+export interface InitMessage {
+  t: 'init';
+  rank: number;
+  nranks: number;
+  backend: Backend;
+  /** CUDA ordinal (nccl backend only). */
+  device: number | null;
+  logLevel: string;
+}
+
+/** Daemon → device: build the communicator of this generation from rank 0's unique id (nccl only). */
+export interface CommMessage {
+  t: 'comm';
+  generation: number;
+  uniqueId: Uint8Array;
+}
+
+/** Daemon → device: give me a fresh NCCL unique id (sent to rank 0 only). */
+export interface UniqueIdRequest {
+  t: 'uniqueId';
+}
+
+export interface RunMessage {
+  t: 'run';
+  seq: number;
+  client: number;
+  kind: 'allreduce';
+  dtype: DType;
+  op: ReduceOp;
+  count: number;
+  /** Host backend: every rank's buffer, since each rank reduces its slice across all of them.
+   *  NCCL backend: this rank's buffer only. */
+  buffers: BufferRef[];
+}
+
+/** Daemon → device: this client is gone (or released these buffers); drop its mappings. */
+export interface ForgetMessage {
+  t: 'forget';
+  client: number;
+  /** Only these buffers; all of the client's when absent. */
+  buffers?: BufferRef[];
+}
+
+export interface StopMessage {
+  t: 'stop';
+}
+
+export type ToDevice = InitMessage | CommMessage | UniqueIdRequest | RunMessage | ForgetMessage | StopMessage;
+
+export interface ReadyMessage {
+  t: 'ready';
+  pid: number;
+  deviceName: string | null;
+}
+
+export interface UniqueIdMessage {
+  t: 'uniqueId';
+  uniqueId: Uint8Array;
+}
+
+export interface CommReadyMessage {
+  t: 'commReady';
+  generation: number;
+}
+
+export interface DoneMessage {
+  t: 'done';
+  seq: number;
+  error?: { code: string; message: string };
+}
+
+export interface FatalMessage {
+  t: 'fatal';
+  error: { code: string; message: string };
+}
+
+export type FromDevice = ReadyMessage | UniqueIdMessage | CommReadyMessage | DoneMessage | FatalMessage;

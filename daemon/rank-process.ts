@@ -1,0 +1,152 @@
+// The daemon's handle on one device process: forks it, speaks to it, and settles every request
+// sent to it, with an error if the process dies first, so nothing waits on a dead rank.
+import { fork, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
+import type { Logger } from './logger.js';
+import type { Backend, FromDevice, RunMessage, ToDevice } from './device/messages.js';
+
+const DEVICE_ENTRY = fileURLToPath(new URL('./device/main.js', import.meta.url));
+
+export type RankState = 'starting' | 'ready' | 'stopping' | 'exited';
+
+export interface RankOptions {
+  rank: number;
+  nranks: number;
+  backend: Backend;
+  device: number | null;
+  logLevel: string;
+  logger: Logger;
+}
+
+export class RankProcess extends EventEmitter {
+  readonly rank: number;
+  readonly device: number | null;
+  state: RankState = 'starting';
+  pid: number | undefined;
+  deviceName: string | null = null;
+  collectivesDone = 0;
+  lastError: string | null = null;
+  private child: ChildProcess | undefined;
+  private readonly pending = new Map<number, { resolve: () => void; reject: (e: NccldError) => void }>();
+  private readonly log: Logger;
+
+  constructor(private readonly opts: RankOptions) {
+    super();
+    this.rank = opts.rank;
+    this.device = opts.device;
+    this.log = opts.logger.child({ rank: opts.rank });
+  }
+
+  /** Forks the process and resolves once it reports ready; rejects if it dies first. */
+  start(): Promise<void> {
+    const env = { ...process.env };
+    // Sockets handed to the daemon by systemd are not the device process's.
+    delete env.LISTEN_FDS;
+    delete env.LISTEN_PID;
+    delete env.LISTEN_FDNAMES;
+    delete env.NOTIFY_SOCKET;
+    const child = fork(DEVICE_ENTRY, [], {
+      serialization: 'advanced',
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env,
+    });
+    this.child = child;
+    this.pid = child.pid;
+    this.log.info({ devicePid: child.pid }, 'device process forked');
+    return new Promise((resolve, reject) => {
+      const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+        reject(new NccldError(ErrorCodes.DEVICE_LOST, `device process of rank ${this.rank} exited (code ${code}, signal ${signal}) before it was ready`));
+      };
+      child.once('exit', onExit);
+      child.on('message', (raw) => this.onMessage(raw as FromDevice, resolve, () => child.off('exit', onExit)));
+      child.on('exit', (code, signal) => this.onExit(code, signal));
+      child.on('error', (err) => this.log.error({ err }, 'device process error'));
+      this.send({
+        t: 'init',
+        rank: this.rank,
+        nranks: this.opts.nranks,
+        backend: this.opts.backend,
+        device: this.opts.device,
+        logLevel: this.opts.logLevel,
+      });
+    });
+  }
+
+  /** Runs one collective on this rank; settles when the rank has finished it or died. */
+  run(job: RunMessage): Promise<void> {
+    if (this.state !== 'ready') {
+      return Promise.reject(new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`));
+    }
+    return new Promise((resolve, reject) => {
+      this.pending.set(job.seq, { resolve, reject });
+      this.send(job);
+    });
+  }
+
+  send(msg: ToDevice): void {
+    if (this.child?.connected) this.child.send(msg);
+  }
+
+  /** Asks the process to finish its work and exit; kills it if it has not after `graceMs`. */
+  async stop(graceMs: number): Promise<void> {
+    const child = this.child;
+    if (!child || this.state === 'exited') return;
+    this.state = 'stopping';
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    this.send({ t: 'stop' });
+    const timer = setTimeout(() => {
+      this.log.warn({ graceMs }, 'device process did not stop in time; killing it');
+      child.kill('SIGKILL');
+    }, graceMs);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  private onMessage(msg: FromDevice, ready: () => void, readyDone: () => void): void {
+    switch (msg.t) {
+      case 'ready':
+        this.state = 'ready';
+        this.pid = msg.pid;
+        this.deviceName = msg.deviceName;
+        readyDone();
+        ready();
+        break;
+      case 'done': {
+        const p = this.pending.get(msg.seq);
+        if (!p) {
+          this.log.error({ seq: msg.seq }, 'reply for a collective this rank was not running');
+          return;
+        }
+        this.pending.delete(msg.seq);
+        this.collectivesDone++;
+        if (msg.error) {
+          this.lastError = `${msg.error.code}: ${msg.error.message}`;
+          const code = isErrorCode(msg.error.code) ? msg.error.code : ErrorCodes.INTERNAL;
+          p.reject(new NccldError(code, `rank ${this.rank}: ${msg.error.message}`));
+        } else {
+          p.resolve();
+        }
+        break;
+      }
+      default:
+        this.emit('message', msg);
+    }
+  }
+
+  private onExit(code: number | null, signal: NodeJS.Signals | null): void {
+    const expected = this.state === 'stopping';
+    this.state = 'exited';
+    const why = `device process of rank ${this.rank} (pid ${this.pid}) exited (code ${code}, signal ${signal})`;
+    if (expected) this.log.info({ code, signal }, 'device process exited');
+    else this.log.error({ code, signal }, 'device process exited unexpectedly');
+    for (const p of this.pending.values()) p.reject(new NccldError(ErrorCodes.DEVICE_LOST, why));
+    this.pending.clear();
+    this.emit('exit', { code, signal, expected });
+  }
+}

@@ -1,0 +1,50 @@
+// Listening on a Unix socket path the way a daemon should: create the directory, refuse to steal
+// the path from a live daemon, clear a stale socket file left by a dead one, and set the mode.
+import net from 'node:net';
+import { mkdirSync, chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import path from 'node:path';
+
+function probe(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(socketPath);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+export async function listenUnix(server: net.Server, socketPath: string, mode: number): Promise<void> {
+  mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  let exists = false;
+  try {
+    exists = lstatSync(socketPath).isSocket();
+    if (!exists) throw new Error(`${socketPath} exists and is not a socket; refusing to replace it`);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (exists) {
+    if (await probe(socketPath)) throw new Error(`another process is already listening on ${socketPath}`);
+    unlinkSync(socketPath);
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  chmodSync(socketPath, mode);
+}
+
+/** Closes the server and removes its socket file (only if it is still ours: a socket). */
+export async function closeUnix(server: net.Server, socketPath: string | null): Promise<void> {
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (!socketPath) return;
+  try {
+    if (lstatSync(socketPath).isSocket()) unlinkSync(socketPath);
+  } catch {
+    // already gone
+  }
+}
