@@ -1,0 +1,139 @@
+#!/usr/bin/env node
+// ncclctl: run collectives against a running nccld from the shell, and check their results.
+import { parseArgs } from 'node:util';
+import { performance } from 'node:perf_hooks';
+import { connect, type Client } from './client.js';
+import { HostBuffer } from './host-buffer.js';
+import { DTYPES, DTYPE_NAMES, REDUCE_OP_NAMES, isDType, isReduceOp, type DType, type ReduceOp } from '../shared/dtypes.js';
+import { defaultSocketPath } from '../shared/paths.js';
+import { compare, fromNumbers, randomInputs, reference, toNumbers } from './verify.js';
+
+const USAGE = `Usage: ncclctl [--socket PATH] <command> [options]
+
+Commands:
+  allreduce --dtype T --op OP --count N [--verify] [--iters K] [--seed S]
+      Fills one buffer per rank with random data, runs the AllReduce through nccld and says how
+      long it took. With --verify, checks every element of every rank's buffer against a float64
+      reference and exits 1 on any mismatch.
+      T: ${DTYPE_NAMES.join(', ')}   OP: ${REDUCE_OP_NAMES.join(', ')}
+
+Options:
+  --socket PATH   the daemon's API socket (default ${defaultSocketPath()})
+  --help          this text`;
+
+class UsageError extends Error {}
+
+function fail(message: string): never {
+  throw new UsageError(message);
+}
+
+function positiveInt(name: string, v: string | undefined, fallback: number, min = 1): number {
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) fail(`--${name} must be an integer ≥ ${min}, not "${v}"`);
+  return n;
+}
+
+async function allreduce(client: Client, args: string[]): Promise<number> {
+  const { values: v } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      dtype: { type: 'string' },
+      op: { type: 'string' },
+      count: { type: 'string' },
+      verify: { type: 'boolean' },
+      iters: { type: 'string' },
+      seed: { type: 'string' },
+    },
+  });
+  if (!isDType(v.dtype)) fail(`--dtype must be one of ${DTYPE_NAMES.join(', ')}`);
+  if (!isReduceOp(v.op)) fail(`--op must be one of ${REDUCE_OP_NAMES.join(', ')}`);
+  const dtype: DType = v.dtype;
+  const op: ReduceOp = v.op;
+  const count = positiveInt('count', v.count, NaN, 0);
+  if (Number.isNaN(count)) fail('--count is required');
+  const iters = positiveInt('iters', v.iters, 1);
+  const seed = positiveInt('seed', v.seed, Date.now() % 2 ** 31, 0);
+  if (client.server.backend !== 'host') fail(`the daemon runs the ${client.server.backend} backend; this ncclctl drives the host backend only`);
+
+  const n = client.worldSize;
+  const bytes = Math.max(1, count * DTYPES[dtype].bytes);
+  const buffers = Array.from({ length: n }, () => HostBuffer.alloc(bytes));
+  try {
+    const inputs = randomInputs(dtype, op, n, count, seed);
+    buffers.forEach((b, r) => fromNumbers(b.view(dtype, 0, count), dtype, inputs[r]));
+    const times: number[] = [];
+    let seq = 0;
+    for (let i = 0; i < iters; i++) {
+      // Each iteration but the first reduces the previous result; only the first is verified.
+      const t0 = performance.now();
+      ({ seq } = await client.allReduce({ buffers, dtype, op, count }));
+      times.push(performance.now() - t0);
+      if (i === 0 && v.verify) {
+        const ref = reference(inputs, dtype, op);
+        let bad = 0;
+        let maxError = 0;
+        for (let r = 0; r < n; r++) {
+          const res = compare(toNumbers(buffers[r].view(dtype, 0, count), dtype), ref, r);
+          bad += res.mismatches;
+          maxError = Math.max(maxError, res.maxError);
+          for (const m of res.first) {
+            process.stderr.write(`mismatch: rank ${m.rank} [${m.index}] = ${m.got}, expected ${m.expected} ± ${m.allowed}\n`);
+          }
+        }
+        if (bad > 0) {
+          process.stdout.write(`verify: FAILED, ${bad} of ${count * n} elements out of tolerance\n`);
+          return 1;
+        }
+        process.stdout.write(`verify: ok, ${count} elements × ${n} ranks within tolerance (largest error ${maxError})\n`);
+      }
+    }
+    times.sort((a, b) => a - b);
+    const median = times[Math.floor(times.length / 2)];
+    process.stdout.write(
+      `allreduce ${dtype} ${op} count ${count} × ${n} ranks (${bytes} bytes each): ` +
+        (iters === 1 ? `${median.toFixed(3)} ms` : `median ${median.toFixed(3)} ms, min ${times[0].toFixed(3)} ms over ${iters}`) +
+        `, last seq ${seq}\n`,
+    );
+    return 0;
+  } finally {
+    await client.release(buffers).catch(() => {});
+    for (const b of buffers) b.free();
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  // Options before the command word are ncclctl's own; the rest belong to the command.
+  let socket: string | undefined;
+  let i = 0;
+  for (; i < argv.length && argv[i].startsWith('-'); i++) {
+    if (argv[i] === '--help' || argv[i] === '-h') {
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+    }
+    if (argv[i] === '--socket' && i + 1 < argv.length) socket = argv[++i];
+    else if (argv[i].startsWith('--socket=')) socket = argv[i].slice('--socket='.length);
+    else fail(`unknown option "${argv[i]}"`);
+  }
+  const command = argv[i];
+  if (!command) fail('no command given');
+  if (command !== 'allreduce') fail(`unknown command "${command}"`);
+  const client = await connect(socket, { name: 'ncclctl' });
+  try {
+    return await allreduce(client, argv.slice(i + 1));
+  } finally {
+    await client.close();
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    process.stderr.write(`ncclctl: ${(err as Error).message}\n`);
+    if (err instanceof UsageError) process.stderr.write(`\n${USAGE}\n`);
+    process.exitCode = err instanceof UsageError ? 2 : 1;
+  },
+);

@@ -1,0 +1,196 @@
+// The SDK's connection to a daemon: one Unix socket, many requests in flight, each matched to its
+// reply by id. When the connection drops, every pending request is rejected, never left waiting.
+import net from 'node:net';
+import { EventEmitter } from 'node:events';
+import { DTYPES, type DType, type ReduceOp } from '../shared/dtypes.js';
+import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
+import { FrameDecoder, encodeFrame, type Message } from '../shared/framing.js';
+import { defaultSocketPath } from '../shared/paths.js';
+import { PROTOCOL_VERSION, type BufferRef, type HelloReply } from '../shared/protocol.js';
+import type { HostBuffer } from './host-buffer.js';
+
+/** Anything the daemon can reduce: a HostBuffer (host backend), a GPU buffer, or a raw reference. */
+export interface BufferLike {
+  toBufferRef(offset?: number): BufferRef;
+}
+
+export interface AllReduceOptions {
+  /** One buffer per rank, in rank order; reduced in place. */
+  buffers: (BufferLike | BufferRef)[];
+  dtype: DType;
+  op: ReduceOp;
+  /** Elements per buffer. */
+  count: number;
+  /** Byte offset into every buffer (default 0). */
+  offset?: number;
+  /** Deadline in milliseconds, within the daemon's limits. */
+  timeoutMs?: number;
+}
+
+export interface AllReduceResult {
+  /** The global sequence number the collective ran under. */
+  seq: number;
+}
+
+export interface ConnectOptions {
+  /** Free text naming this client in the daemon's logs. */
+  name?: string;
+  /** Give up connecting after this long (default 10 s). */
+  timeoutMs?: number;
+}
+
+interface Pending {
+  resolve: (msg: Message) => void;
+  reject: (err: NccldError) => void;
+}
+
+export class Client extends EventEmitter {
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly decoder = new FrameDecoder(64 << 20);
+  private closedError: NccldError | null = null;
+  /** What the daemon said of itself in the hello exchange. */
+  server!: HelloReply;
+
+  private constructor(private readonly socket: net.Socket) {
+    super();
+  }
+
+  /** Connects and completes the hello exchange. */
+  static connect(socketPath: string = defaultSocketPath(), opts: ConnectOptions = {}): Promise<Client> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect(socketPath);
+      const client = new Client(socket);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new NccldError(ErrorCodes.CONNECT, `no hello from nccld at ${socketPath} within ${opts.timeoutMs ?? 10_000} ms`));
+      }, opts.timeoutMs ?? 10_000);
+      socket.once('error', (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(new NccldError(ErrorCodes.CONNECT, `cannot reach nccld at ${socketPath}: ${err.code ?? err.message}`));
+      });
+      socket.once('connect', () => {
+        client.attach();
+        client.request({ type: 'hello', protocol: PROTOCOL_VERSION, ...(opts.name ? { client: opts.name } : {}) }, 0).then(
+          (reply) => {
+            clearTimeout(timer);
+            client.server = reply as unknown as HelloReply;
+            resolve(client);
+          },
+          (err) => {
+            clearTimeout(timer);
+            socket.destroy();
+            reject(err);
+          },
+        );
+      });
+    });
+  }
+
+  get worldSize(): number {
+    return this.server.worldSize;
+  }
+
+  get requestsInFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Runs an AllReduce; resolves once every rank has finished it, so the buffers hold the result. */
+  async allReduce(opts: AllReduceOptions): Promise<AllReduceResult> {
+    const reply = await this.request({
+      type: 'allreduce',
+      dtype: opts.dtype,
+      op: opts.op,
+      count: opts.count,
+      buffers: opts.buffers.map((b) => toRef(b, opts.offset)),
+      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    });
+    return { seq: reply.seq as number };
+  }
+
+  /** Tells the daemon to drop its mappings of these buffers (HostBuffer.free does it for you). */
+  async release(buffers: (BufferLike | BufferRef)[]): Promise<void> {
+    await this.request({ type: 'release', buffers: buffers.map((b) => toRef(b)) });
+  }
+
+  /** Sends any message and resolves with its reply; for protocol tests and new request types. */
+  request(msg: Message, id: number = this.nextId++): Promise<Message> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    if (this.pending.has(id)) {
+      return Promise.reject(new NccldError(ErrorCodes.DUPLICATE_ID, `request id ${id} is already in flight on this connection`));
+    }
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.socket.write(encodeFrame(msg.type === 'hello' ? msg : { ...msg, id }));
+    });
+  }
+
+  /** Closes the connection; requests still pending are rejected with NCCLD_ERR_CONNECTION_CLOSED. */
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.socket.destroyed) return resolve();
+      this.socket.once('close', () => resolve());
+      this.socket.end();
+    });
+  }
+
+  private attach(): void {
+    this.socket.on('data', (chunk) => {
+      try {
+        for (const frame of this.decoder.push(chunk)) {
+          if ('message' in frame) this.onMessage(frame.message);
+        }
+      } catch (err) {
+        this.socket.destroy(err as Error);
+      }
+    });
+    this.socket.on('error', () => {}); // 'close' follows and settles everything
+    this.socket.on('close', () => {
+      this.closedError = new NccldError(ErrorCodes.CONNECTION_CLOSED, 'the connection to nccld closed');
+      for (const p of this.pending.values()) p.reject(this.closedError);
+      this.pending.clear();
+      this.emit('close');
+    });
+  }
+
+  private onMessage(msg: Message): void {
+    // The hello reply has no id; it answers the request we filed under id 0.
+    const id = msg.type === 'hello' ? 0 : (msg.id as number | null);
+    const p = id === null ? undefined : this.pending.get(id);
+    if (!p) {
+      // An error about the connection itself (bad frame, version): surface it to listeners.
+      if (msg.type === 'error') this.emit('protocolError', toError(msg));
+      if (id === null && msg.type === 'error' && this.pending.has(0)) {
+        this.pending.get(0)!.reject(toError(msg));
+        this.pending.delete(0);
+      }
+      return;
+    }
+    this.pending.delete(id!);
+    if (msg.type === 'error') p.reject(toError(msg));
+    else p.resolve(msg);
+  }
+}
+
+function toRef(b: BufferLike | BufferRef, offset?: number): BufferRef {
+  if ('toBufferRef' in b && typeof b.toBufferRef === 'function') return b.toBufferRef(offset);
+  const ref = b as BufferRef;
+  return offset === undefined ? ref : { ...ref, offset: (ref.offset ?? 0) + offset };
+}
+
+function toError(msg: Message): NccldError {
+  const { type: _t, id: _i, code, message, ...details } = msg;
+  return new NccldError(
+    isErrorCode(code) ? code : ErrorCodes.INTERNAL,
+    typeof message === 'string' ? message : 'nccld sent an error without a message',
+    Object.keys(details).length ? details : undefined,
+  );
+}
+
+/** Connects to the daemon; the socket defaults as the daemon's does. */
+export function connect(socketPath?: string, opts?: ConnectOptions): Promise<Client> {
+  return Client.connect(socketPath, opts);
+}
+
+export type { HostBuffer, DType, ReduceOp };
+export const elementBytes = (dtype: DType): number => DTYPES[dtype].bytes;

@@ -1,0 +1,11 @@
+// nccld's client SDK: connect to the daemon, hand it buffers, await collectives.
+export { Client, connect, elementBytes } from './client.js';
+export type { AllReduceOptions, AllReduceResult, BufferLike, ConnectOptions } from './client.js';
+export { HostBuffer } from './host-buffer.js';
+export type { HostBufferOptions, ViewOf } from './host-buffer.js';
+export { NccldError, ErrorCodes } from '../shared/errors.js';
+export type { ErrorCode } from '../shared/errors.js';
+export { DTYPES, DTYPE_NAMES, REDUCE_OPS, REDUCE_OP_NAMES } from '../shared/dtypes.js';
+export type { DType, ReduceOp, DTypeInfo } from '../shared/dtypes.js';
+export type { BufferRef, ShmBufferRef, IpcBufferRef, HelloReply } from '../shared/protocol.js';
+export { PROTOCOL_VERSION } from '../shared/protocol.js';
