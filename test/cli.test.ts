@@ -1,0 +1,52 @@
+// ncclctl as a user runs it: a real process against a real daemon.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { NCCLCTL, startDaemon } from './helpers/daemon.js';
+
+function ncclctl(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [NCCLCTL, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (c) => (stdout += c));
+    p.stderr.on('data', (c) => (stderr += c));
+    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+t.test('ncclctl allreduce --verify', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '4']);
+  t.teardown(() => d.stop());
+  for (const [dtype, op] of [
+    ['bf16', 'max'],
+    ['i64', 'sum'],
+    ['f16', 'avg'],
+  ]) {
+    const r = await ncclctl(['--socket', d.socket, 'allreduce', '--dtype', dtype, '--op', op, '--count', '100003', '--verify']);
+    t.equal(r.code, 0, `${dtype} ${op} exits 0 (${r.stderr})`);
+    t.match(r.stdout, /verify: ok, 100003 elements × 4 ranks/);
+    t.match(r.stdout, new RegExp(`allreduce ${dtype} ${op} count 100003 × 4 ranks .*: [\\d.]+ ms`));
+  }
+  const iters = await ncclctl(['--socket', d.socket, 'allreduce', '--dtype', 'f32', '--op', 'sum', '--count', '1000', '--iters', '5']);
+  t.equal(iters.code, 0);
+  t.match(iters.stdout, /median [\d.]+ ms, min [\d.]+ ms over 5/);
+});
+
+t.test('ncclctl errors', async (t) => {
+  const help = await ncclctl(['--help']);
+  t.equal(help.code, 0);
+  t.match(help.stdout, /allreduce --dtype T --op OP --count N/);
+  const none = await ncclctl([]);
+  t.equal(none.code, 2);
+  const bad = await ncclctl(['--socket', '/nonexistent/nccld.sock', 'allreduce', '--dtype', 'f32', '--op', 'sum', '--count', '1']);
+  t.equal(bad.code, 1);
+  t.match(bad.stderr, /cannot reach nccld at \/nonexistent\/nccld.sock/);
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2']);
+  t.teardown(() => d.stop());
+  const dtype = await ncclctl(['--socket', d.socket, 'allreduce', '--dtype', 'f8', '--op', 'sum', '--count', '1']);
+  t.equal(dtype.code, 2);
+  t.match(dtype.stderr, /--dtype must be one of/);
+  const count = await ncclctl(['--socket', d.socket, 'allreduce', '--dtype', 'f32', '--op', 'sum']);
+  t.equal(count.code, 2);
+  t.match(count.stderr, /--count is required/);
+});

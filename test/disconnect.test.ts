@@ -1,0 +1,70 @@
+// A client that disconnects with requests in flight disturbs no one, and the device processes
+// unmap every segment it had them map (seen in /proc/<pid>/maps, not taken on trust).
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { connect } from '../dist/client/index.js';
+import { devicePids, startDaemon } from './helpers/daemon.js';
+import { allocFilled, checkedAllReduce } from './helpers/buffers.js';
+
+function mappedNames(pid: number, names: string[]): string[] {
+  const maps = readFileSync(`/proc/${pid}/maps`, 'utf8');
+  return names.filter((n) => maps.includes(`/dev/shm/${n}`));
+}
+
+async function until(what: string, cond: () => boolean, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+t.test('a client that vanishes mid-request', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '3']);
+  t.teardown(() => d.stop());
+  const pids = await devicePids(d.debugSocket);
+  t.equal(pids.length, 3);
+  const bystander = await connect(d.socket);
+  t.teardown(() => bystander.close());
+
+  const leaver = await connect(d.socket, { name: 'leaver' });
+  const runs = Array.from({ length: 60 }, (_, i) => allocFilled(3, 'f32', 'sum', 1 << 18, i));
+  const names = runs.flatMap((r) => r.buffers.map((b) => b.name));
+  const replies = runs.map((r) => leaver.allReduce({ buffers: r.buffers, dtype: 'f32', op: 'sum', count: 1 << 18 }));
+  // Let the first few start, so some are running and the rest queued, then vanish.
+  await replies[0];
+  await until('a device process to map the leaver\'s buffers', () => mappedNames(pids[0], names).length > 0);
+  (leaver as unknown as { socket: { destroy(): void } }).socket.destroy();
+  const settled = await Promise.allSettled(replies);
+  t.ok(
+    settled.every((s) => s.status === 'fulfilled' || (s.reason as { code: string }).code === 'NCCLD_ERR_CONNECTION_CLOSED'),
+    'every pending promise settled: a result or CONNECTION_CLOSED',
+  );
+
+  // The bystander is served throughout.
+  for (let i = 0; i < 5; i++) t.equal((await checkedAllReduce(bystander, 'f64', 'sum', 5000, i)).mismatches, 0);
+
+  await until('every rank to unmap the leaver\'s segments', () => pids.every((p) => mappedNames(p, names).length === 0));
+  t.pass('no device process maps any of the leaver\'s segments');
+  for (const r of runs) for (const b of r.buffers) b.free();
+});
+
+t.test('release drops the mappings of the buffers named, and only those', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2']);
+  t.teardown(() => d.stop());
+  const pids = await devicePids(d.debugSocket);
+  const client = await connect(d.socket);
+  t.teardown(() => client.close());
+  const a = allocFilled(2, 'f32', 'sum', 1024, 1);
+  const b = allocFilled(2, 'f32', 'sum', 1024, 2);
+  await client.allReduce({ buffers: a.buffers, dtype: 'f32', op: 'sum', count: 1024 });
+  await client.allReduce({ buffers: b.buffers, dtype: 'f32', op: 'sum', count: 1024 });
+  const aNames = a.buffers.map((x) => x.name);
+  const bNames = b.buffers.map((x) => x.name);
+  t.same(mappedNames(pids[1], [...aNames, ...bNames]).sort(), [...aNames, ...bNames].sort(), 'both sets mapped');
+  await client.release(a.buffers);
+  await until('a to be unmapped', () => pids.every((p) => mappedNames(p, aNames).length === 0));
+  t.same(mappedNames(pids[0], bNames).sort(), [...bNames].sort(), 'b still mapped');
+  for (const x of [...a.buffers, ...b.buffers]) x.free();
+});
