@@ -71,9 +71,10 @@ Napi::Value ReduceWorker::ReduceSlice(const Napi::CallbackInfo& info) {
     ShmSegment* seg = ShmSegment::FromValue(segs.Get(i));
     if (env.IsExceptionPending()) return Rejected(deferred, env.GetAndClearPendingException());
     if (seg == nullptr) return bad_arg(which + " is not a ShmSegment");
-    uint64_t off;
-    if (!ToIndex(offs.Get(i), &off)) return bad_arg("byteOffsets[" + std::to_string(i) + "] must be a non-negative integer");
+    Napi::Value off_value = offs.Get(i);
     if (env.IsExceptionPending()) return Rejected(deferred, env.GetAndClearPendingException());
+    uint64_t off;
+    if (!ToIndex(off_value, &off)) return bad_arg("byteOffsets[" + std::to_string(i) + "] must be a non-negative integer");
     which = "shm segment " + Quoted(seg->name());
     if (seg->closed()) return Rejected(deferred, CodedError(env, kErrBufferClosed, "reduceSlice: " + which + " is closed"));
     if (off % elem != 0) {

@@ -132,6 +132,12 @@ Napi::Value ShmSegment::Create(const Napi::CallbackInfo& info) {
   // shm_open's mode went through the umask; set exactly what was asked for.
   if (fchmod(fd, static_cast<mode_t>(mode)) != 0) return fail("fchmod");
   if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) return fail("ftruncate");
+  // Reserve the pages now: a sparse tmpfs file that later runs out of space would SIGBUS
+  // the daemon on first touch; here it is just an ENOSPC error.
+  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes))) {
+    errno = err;
+    return fail("posix_fallocate");
+  }
   void* addr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (addr == MAP_FAILED) return fail("mmap");
   Napi::Value seg = Wrap(info, name, fd, std::make_shared<ShmMapping>(addr, bytes));
