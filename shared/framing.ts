@@ -81,7 +81,9 @@ function decodeBody(body: Buffer): DecodedFrame {
   } catch (err) {
     return { error: new NccldError(ErrorCodes.BAD_FRAME, `frame is not valid MessagePack: ${(err as Error).message}`) };
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value) || ArrayBuffer.isView(value)) {
+  // A plain map only: msgpackr turns extension types (and the reserved byte 0xc1) into class
+  // instances, which are not messages.
+  if (typeof value !== 'object' || value === null || Object.getPrototypeOf(value) !== Object.prototype) {
     return { error: new NccldError(ErrorCodes.BAD_FRAME, 'frame is valid MessagePack but not a map') };
   }
   return { message: value as Message };
