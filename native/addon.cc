@@ -1,6 +1,7 @@
 // Module entry point: registers every native piece on the exports object.
 #include <napi.h>
 
+#include "gpu/gpu.h"
 #include "peer_credentials.h"
 #include "reduce_worker.h"
 #include "shm_segment.h"
@@ -12,9 +13,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nccld::ReduceWorker::Init(env, exports); // reduceSlice, sliceBounds
   nccld::InitPeerCredentials(env, exports);
 
-  // ---- GPU backend hook ----------------------------------------------------------------
-  // InitGpu(env, exports) from native/gpu/ is to be called here (not wired up yet).
-  // ---------------------------------------------------------------------------------------
+  // CUDA and NCCL are opened with dlopen on first use, so this loads on machines without them.
+  InitGpu(env, exports);
 
   return exports;
 }
