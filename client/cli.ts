@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { connect, type Client } from './client.js';
 import { HostBuffer } from './host-buffer.js';
+import { DeviceBuffer } from './device-buffer.js';
 import { DTYPES, DTYPE_NAMES, REDUCE_OP_NAMES, isDType, isReduceOp, type DType, type ReduceOp } from '../shared/dtypes.js';
 import { defaultSocketPath } from '../shared/paths.js';
 import { compare, fromNumbers, randomInputs, reference, toNumbers } from './verify.js';
@@ -55,27 +56,25 @@ async function allreduce(client: Client, args: string[]): Promise<number> {
   if (Number.isNaN(count)) fail('--count is required');
   const iters = positiveInt('iters', v.iters, 1);
   const seed = positiveInt('seed', v.seed, Date.now() % 2 ** 31, 0);
-  if (client.server.backend !== 'host') fail(`the daemon runs the ${client.server.backend} backend; this ncclctl drives the host backend only`);
-
   const n = client.worldSize;
   const bytes = Math.max(1, count * DTYPES[dtype].bytes);
-  const buffers = Array.from({ length: n }, () => HostBuffer.alloc(bytes));
+  const buffers = allocRankBuffers(client, bytes);
   try {
     const inputs = randomInputs(dtype, op, n, count, seed);
-    buffers.forEach((b, r) => fromNumbers(b.view(dtype, 0, count), dtype, inputs[r]));
+    buffers.forEach((b, r) => b.fill(dtype, count, inputs[r]));
     const times: number[] = [];
     let seq = 0;
     for (let i = 0; i < iters; i++) {
       // Each iteration but the first reduces the previous result; only the first is verified.
       const t0 = performance.now();
-      ({ seq } = await client.allReduce({ buffers, dtype, op, count }));
+      ({ seq } = await client.allReduce({ buffers: buffers.map((b) => b.buffer), dtype, op, count }));
       times.push(performance.now() - t0);
       if (i === 0 && v.verify) {
         const ref = reference(inputs, dtype, op);
         let bad = 0;
         let maxError = 0;
         for (let r = 0; r < n; r++) {
-          const res = compare(toNumbers(buffers[r].view(dtype, 0, count), dtype), ref, r);
+          const res = compare(buffers[r].values(dtype, count), ref, r);
           bad += res.mismatches;
           maxError = Math.max(maxError, res.maxError);
           for (const m of res.first) {
@@ -92,15 +91,51 @@ async function allreduce(client: Client, args: string[]): Promise<number> {
     times.sort((a, b) => a - b);
     const median = times[Math.floor(times.length / 2)];
     process.stdout.write(
-      `allreduce ${dtype} ${op} count ${count} × ${n} ranks (${bytes} bytes each): ` +
+      `allreduce ${dtype} ${op} count ${count} × ${n} ranks (${bytes} bytes each, ${client.server.backend} backend): ` +
         (iters === 1 ? `${median.toFixed(3)} ms` : `median ${median.toFixed(3)} ms, min ${times[0].toFixed(3)} ms over ${iters}`) +
         `, last seq ${seq}\n`,
     );
     return 0;
   } finally {
-    await client.release(buffers).catch(() => {});
-    for (const b of buffers) b.free();
+    for (const b of buffers) await b.free();
   }
+}
+
+/** One buffer per rank, of the kind the daemon's backend takes, with a way in and out for values. */
+interface RankBuffer {
+  buffer: HostBuffer | DeviceBuffer;
+  fill(dtype: DType, count: number, values: Float64Array): void;
+  values(dtype: DType, count: number): Float64Array;
+  free(): Promise<void>;
+}
+
+function allocRankBuffers(client: Client, bytes: number): RankBuffer[] {
+  return client.server.devices.map((device) => {
+    if (device === null) {
+      const buffer = HostBuffer.alloc(bytes);
+      return {
+        buffer,
+        fill: (dtype, count, values) => fromNumbers(buffer.view(dtype, 0, count), dtype, values),
+        values: (dtype, count) => toNumbers(buffer.view(dtype, 0, count), dtype),
+        free: async () => {
+          await client.release([buffer]).catch(() => {});
+          buffer.free();
+        },
+      };
+    }
+    // The daemon's GPU numbering is taken to be ours: run ncclctl with the same CUDA_VISIBLE_DEVICES.
+    const buffer = DeviceBuffer.alloc(device, bytes);
+    return {
+      buffer,
+      fill: (dtype, count, values) => {
+        const staging = HostBuffer.viewOf(dtype, count);
+        fromNumbers(staging, dtype, values);
+        buffer.write(staging);
+      },
+      values: (dtype, count) => toNumbers(buffer.read(HostBuffer.viewOf(dtype, count)), dtype),
+      free: () => buffer.free(),
+    };
+  });
 }
 
 async function main(argv: string[]): Promise<number> {

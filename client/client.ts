@@ -11,7 +11,8 @@ import type { HostBuffer } from './host-buffer.js';
 
 /** Anything the daemon can reduce: a HostBuffer (host backend), a GPU buffer, or a raw reference. */
 export interface BufferLike {
-  toBufferRef(offset?: number): BufferRef;
+  /** The wire form; `client` tells buffers that must be released before they are freed who used them. */
+  toBufferRef(offset?: number, client?: Client): BufferRef;
 }
 
 export interface AllReduceOptions {
@@ -102,7 +103,7 @@ export class Client extends EventEmitter {
       dtype: opts.dtype,
       op: opts.op,
       count: opts.count,
-      buffers: opts.buffers.map((b) => toRef(b, opts.offset)),
+      buffers: opts.buffers.map((b) => toRef(b, opts.offset, this)),
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
     });
     return { seq: reply.seq as number };
@@ -172,8 +173,8 @@ export class Client extends EventEmitter {
   }
 }
 
-function toRef(b: BufferLike | BufferRef, offset?: number): BufferRef {
-  if ('toBufferRef' in b && typeof b.toBufferRef === 'function') return b.toBufferRef(offset);
+function toRef(b: BufferLike | BufferRef, offset?: number, client?: Client): BufferRef {
+  if ('toBufferRef' in b && typeof b.toBufferRef === 'function') return b.toBufferRef(offset, client);
   const ref = b as BufferRef;
   return offset === undefined ? ref : { ...ref, offset: (ref.offset ?? 0) + offset };
 }

@@ -42,6 +42,12 @@ export class HostBuffer implements BufferLike {
     return new HostBuffer(native.ShmSegment.create(name, bytes, opts.mode ?? 0o600));
   }
 
+  /** A typed array of `count` elements of `dtype` in ordinary memory (for staging GPU copies). */
+  static viewOf<T extends DType>(dtype: T, count: number): ViewOf<T> {
+    const Ctor = VIEWS[dtype] as unknown as new (n: number) => ViewOf<T>;
+    return new Ctor(count);
+  }
+
   /** The segment's name, as passed to the daemon. */
   get name(): string {
     return this.segment.name;

@@ -2,6 +2,7 @@
 export { Client, connect, elementBytes } from './client.js';
 export type { AllReduceOptions, AllReduceResult, BufferLike, ConnectOptions } from './client.js';
 export { HostBuffer } from './host-buffer.js';
+export { DeviceBuffer } from './device-buffer.js';
 export type { HostBufferOptions, ViewOf } from './host-buffer.js';
 export { NccldError, ErrorCodes } from '../shared/errors.js';
 export type { ErrorCode } from '../shared/errors.js';

@@ -36,3 +36,11 @@ export function chooseBackend(cfg: Config): BackendChoice {
   }
   return { backend: 'nccl', devices, note: `${devices.length} GPU${devices.length === 1 ? '' : 's'}: ${devices.join(', ')}` };
 }
+
+/** "NCCL 2.28.3, CUDA driver 13.0" for logs and status. */
+export function gpuVersions(): string {
+  const v = native.gpu?.version() ?? { cuda: null, nccl: null };
+  const nccl = v.nccl === null ? 'unknown' : `${Math.floor(v.nccl / 10000)}.${Math.floor((v.nccl % 10000) / 100)}.${v.nccl % 100}`;
+  const cuda = v.cuda === null ? 'unknown' : `${Math.floor(v.cuda / 1000)}.${Math.floor((v.cuda % 1000) / 10)}`;
+  return `NCCL ${nccl}, CUDA driver ${cuda}`;
+}

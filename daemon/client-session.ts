@@ -15,6 +15,7 @@ import {
 import { NCCLD_VERSION } from '../shared/version.js';
 import type { Logger } from './logger.js';
 import type { Scheduler } from './scheduler.js';
+import { IpcBufferTable } from './ipc-buffers.js';
 import { validateAllReduce, type Peer } from './validate.js';
 import type { World } from './world.js';
 
@@ -43,6 +44,9 @@ export class ClientSession {
   private readonly inFlight = new Map<number, Promise<unknown>>();
   private readonly decoder: FrameDecoder;
   private readonly log: Logger;
+  private readonly ipc: IpcBufferTable;
+  /** Requests are admitted (checked and queued) one at a time, in the order they arrived. */
+  private admission: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly id: number,
@@ -53,6 +57,7 @@ export class ClientSession {
   ) {
     this.log = logger.child({ client: id, peerPid: peer?.pid, peerUid: peer?.uid });
     this.decoder = new FrameDecoder(ctx.limits.maxFrameBytes);
+    this.ipc = new IpcBufferTable(ctx.world, id);
     socket.on('data', (chunk) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err }, 'client socket error'));
     socket.on('close', () => this.onClose());
@@ -114,20 +119,33 @@ export class ClientSession {
   }
 
   private async handle(req: Request): Promise<Message> {
+    // Admission keeps this connection's order even when a request must first open GPU buffers;
+    // the collective itself is awaited outside it, so many stay in flight.
+    const admitted = this.admission.then(() => this.admit(req));
+    this.admission = admitted.catch(() => {});
+    const { done } = await admitted;
+    const seq = await done;
+    if (req.type === 'allreduce') this.requestsServed++;
+    return { type: 'result', id: req.id, seq };
+  }
+
+  private async admit(req: Request): Promise<{ done: Promise<number> }> {
+    const { world, scheduler } = this.ctx;
     switch (req.type) {
-      case 'allreduce': {
-        validateAllReduce(req, this.ctx.world, this.peer);
-        const seq = await this.ctx.scheduler.submit(
-          { client: this.id, kind: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, buffers: req.buffers },
-          () => this.closed,
-        );
-        this.requestsServed++;
-        return { type: 'result', id: req.id, seq };
-      }
+      case 'allreduce':
+        validateAllReduce(req, world, this.peer);
+        if (world.backend === 'nccl') await this.ipc.check(req);
+        return {
+          done: scheduler.submit(
+            { client: this.id, kind: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, buffers: req.buffers },
+            () => this.closed,
+          ),
+        };
       case 'release':
         // Behind every collective already sent to the ranks, so none loses its mapping mid-flight.
-        this.ctx.world.forgetClient(this.id, req.buffers);
-        return { type: 'result', id: req.id, seq: this.ctx.scheduler.lastSeq };
+        this.ipc.forget(req.buffers);
+        world.forgetClient(this.id, req.buffers);
+        return { done: Promise.resolve(scheduler.lastSeq) };
     }
   }
 

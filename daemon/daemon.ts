@@ -2,7 +2,7 @@
 // debug socket, started in that order and stopped in the reverse one.
 import { NCCLD_VERSION } from '../shared/version.js';
 import { ApiServer } from './api-server.js';
-import { chooseBackend } from './backend-select.js';
+import { chooseBackend, gpuVersions } from './backend-select.js';
 import type { Config } from './config.js';
 import { DebugServer } from './debug-server.js';
 import type { Logger } from './logger.js';
@@ -28,7 +28,7 @@ export class Daemon {
     private readonly log: Logger,
   ) {
     const choice = chooseBackend(cfg);
-    this.backendNote = choice.note;
+    this.backendNote = choice.backend === 'nccl' ? `${choice.note}; ${gpuVersions()}` : choice.note;
     log.info({ backend: choice.backend, devices: choice.devices, note: choice.note }, `backend: ${choice.backend} (${choice.note})`);
     this.world = new World({ backend: choice.backend, devices: choice.devices, logLevel: cfg.logLevel, logger: log });
     this.scheduler = new Scheduler(this.world, {
@@ -44,7 +44,7 @@ export class Daemon {
       },
       log,
     );
-    this.debug = new DebugServer({ status: () => this.status() }, log);
+    this.debug = new DebugServer({ status: () => this.status(), buffers: () => this.world.rankStats() }, log);
   }
 
   async start(): Promise<void> {

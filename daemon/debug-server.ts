@@ -10,12 +10,15 @@ const MAX_LINE_BYTES = 4096;
 
 export interface DebugCommands {
   status(): DaemonStatus;
+  /** Per rank: buffers mapped now, and CUDA IPC handles opened and closed so far. */
+  buffers(): Promise<Record<string, number>[]>;
 }
 
 const HELP = [
   'commands:',
   '  help     this list',
   '  status   backend, world state and size, each rank (pid, device, state), requests served',
+  '  buffers  per rank: client buffers mapped now, CUDA IPC handles opened and closed',
 ];
 
 export class DebugServer {
@@ -26,7 +29,8 @@ export class DebugServer {
     private readonly commands: DebugCommands,
     private readonly log: Logger,
   ) {
-    this.server = net.createServer((socket) => this.accept(socket));
+    // Half-open: `echo cmd | nc -U` closes its side first, and still gets the (async) answers.
+    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
   }
 
   async listen(socketPath: string, mode: number): Promise<void> {
@@ -74,30 +78,41 @@ export class DebugServer {
     // `echo status | nc -U` may half-close before we answer: treat what is left as a last line.
     socket.on('end', () => {
       if (buffered.trim() && !discarding) this.reply(socket, buffered.trim());
-      socket.end();
+      void (this.replies.get(socket) ?? Promise.resolve()).then(() => socket.end());
     });
   }
+
+  // Replies go out in the order commands came, even when one must ask the device processes.
+  private readonly replies = new WeakMap<net.Socket, Promise<void>>();
 
   private reply(socket: net.Socket, line: string): void {
     if (line === '') return;
     const [command] = line.split(/\s+/);
-    let out: string[];
-    try {
-      out = this.run(command.toLowerCase());
-      out.push('OK');
-    } catch (err) {
-      out = [`ERROR: ${(err as Error).message}`];
-    }
     this.log.debug({ command }, 'debug command');
-    if (socket.writable) socket.write(out.join('\n') + '\n');
+    const answer = this.run(command.toLowerCase()).then(
+      (out) => [...out, 'OK'],
+      (err: Error) => [`ERROR: ${err.message}`],
+    );
+    const before = this.replies.get(socket) ?? Promise.resolve();
+    this.replies.set(
+      socket,
+      before.then(async () => {
+        const out = await answer;
+        if (socket.writable) socket.write(out.join('\n') + '\n');
+      }),
+    );
   }
 
-  private run(command: string): string[] {
+  private async run(command: string): Promise<string[]> {
     switch (command) {
       case 'help':
         return [...HELP];
       case 'status':
         return formatStatus(this.commands.status());
+      case 'buffers':
+        return (await this.commands.buffers()).map(
+          (s, rank) => `rank ${rank}: ${Object.entries(s).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+        );
       default:
         throw new Error(`unknown command "${command.slice(0, 64)}"; try help`);
     }

@@ -5,7 +5,13 @@ import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
 import type { Logger } from './logger.js';
-import type { Backend, FromDevice, RunMessage, ToDevice } from './device/messages.js';
+import type { Backend, FromDevice, OpenMessage, RunMessage, StatsRequest, ToDevice, WireError } from './device/messages.js';
+
+type Settle<T> = { resolve: (v: T) => void; reject: (e: NccldError) => void };
+
+function fromWire(e: WireError, rank: number): NccldError {
+  return new NccldError(isErrorCode(e.code) ? e.code : ErrorCodes.INTERNAL, `rank ${rank}: ${e.message}`);
+}
 
 const DEVICE_ENTRY = fileURLToPath(new URL('./device/main.js', import.meta.url));
 
@@ -29,7 +35,11 @@ export class RankProcess extends EventEmitter {
   collectivesDone = 0;
   lastError: string | null = null;
   private child: ChildProcess | undefined;
-  private readonly pending = new Map<number, { resolve: () => void; reject: (e: NccldError) => void }>();
+  private readonly pending = new Map<number, Settle<void>>();
+  private readonly calls = new Map<number, Settle<unknown>>();
+  private nextCall = 1;
+  /** One-shot waits for a message type (uniqueId, commReady), settled by it or by the process's exit. */
+  private readonly waiters: { type: FromDevice['t']; settle: Settle<FromDevice> }[] = [];
   private readonly log: Logger;
 
   constructor(private readonly opts: RankOptions) {
@@ -60,7 +70,7 @@ export class RankProcess extends EventEmitter {
         reject(new NccldError(ErrorCodes.DEVICE_LOST, `device process of rank ${this.rank} exited (code ${code}, signal ${signal}) before it was ready`));
       };
       child.once('exit', onExit);
-      child.on('message', (raw) => this.onMessage(raw as FromDevice, resolve, () => child.off('exit', onExit)));
+      child.on('message', (raw) => this.onMessage(raw as FromDevice, resolve, reject, () => child.off('exit', onExit)));
       child.on('exit', (code, signal) => this.onExit(code, signal));
       child.on('error', (err) => this.log.error({ err }, 'device process error'));
       this.send({
@@ -108,15 +118,28 @@ export class RankProcess extends EventEmitter {
     return this.pending.size;
   }
 
-  private onMessage(msg: FromDevice, ready: () => void, readyDone: () => void): void {
+  private onMessage(msg: FromDevice, ready: () => void, failed: (e: NccldError) => void, readyDone: () => void): void {
     switch (msg.t) {
       case 'ready':
-        this.state = 'ready';
         this.pid = msg.pid;
         this.deviceName = msg.deviceName;
         readyDone();
+        if (msg.error) {
+          this.lastError = `${msg.error.code}: ${msg.error.message}`;
+          failed(fromWire(msg.error, this.rank));
+          this.child?.kill('SIGKILL');
+          return;
+        }
+        this.state = 'ready';
         ready();
         break;
+      case 'reply': {
+        const c = this.calls.get(msg.call);
+        this.calls.delete(msg.call);
+        if (msg.error) c?.reject(fromWire(msg.error, this.rank));
+        else c?.resolve(msg.value);
+        break;
+      }
       case 'done': {
         const p = this.pending.get(msg.seq);
         if (!p) {
@@ -127,16 +150,37 @@ export class RankProcess extends EventEmitter {
         this.collectivesDone++;
         if (msg.error) {
           this.lastError = `${msg.error.code}: ${msg.error.message}`;
-          const code = isErrorCode(msg.error.code) ? msg.error.code : ErrorCodes.INTERNAL;
-          p.reject(new NccldError(code, `rank ${this.rank}: ${msg.error.message}`));
+          p.reject(fromWire(msg.error, this.rank));
         } else {
           p.resolve();
         }
         break;
       }
-      default:
-        this.emit('message', msg);
+      default: {
+        const w = this.waiters.findIndex((x) => x.type === msg.t);
+        if (w >= 0) this.waiters.splice(w, 1)[0].settle.resolve(msg);
+        else this.log.warn({ t: msg.t }, 'unexpected message from device process');
+      }
     }
+  }
+
+  /** Sends a request that the device process answers with a reply (open, stats). */
+  call<T>(msg: Omit<OpenMessage, 'call'> | Omit<StatsRequest, 'call'>): Promise<T> {
+    if (this.state !== 'ready') {
+      return Promise.reject(new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`));
+    }
+    const call = this.nextCall++;
+    return new Promise<T>((resolve, reject) => {
+      this.calls.set(call, { resolve: resolve as (v: unknown) => void, reject });
+      this.send({ ...msg, call } as ToDevice);
+    });
+  }
+
+  /** Resolves with the next message of this type from the device process. */
+  expect<T extends FromDevice['t']>(type: T): Promise<Extract<FromDevice, { t: T }>> {
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ type, settle: { resolve: resolve as (m: FromDevice) => void, reject } });
+    });
   }
 
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
@@ -145,8 +189,13 @@ export class RankProcess extends EventEmitter {
     const why = `device process of rank ${this.rank} (pid ${this.pid}) exited (code ${code}, signal ${signal})`;
     if (expected) this.log.info({ code, signal }, 'device process exited');
     else this.log.error({ code, signal }, 'device process exited unexpectedly');
-    for (const p of this.pending.values()) p.reject(new NccldError(ErrorCodes.DEVICE_LOST, why));
+    const lost = new NccldError(ErrorCodes.DEVICE_LOST, why);
+    for (const p of this.pending.values()) p.reject(lost);
+    for (const c of this.calls.values()) c.reject(lost);
+    for (const w of this.waiters) w.settle.reject(lost);
     this.pending.clear();
+    this.calls.clear();
+    this.waiters.length = 0;
     this.emit('exit', { code, signal, expected });
   }
 }

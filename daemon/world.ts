@@ -32,6 +32,8 @@ export interface Collective {
 export class World {
   state: WorldState = 'starting';
   failure: string | null = null;
+  /** Rises each time an NCCL communicator is built; 0 on the host backend. */
+  generation = 0;
   readonly ranks: RankProcess[];
   readonly backend: Backend;
   private readonly log: Logger;
@@ -62,6 +64,7 @@ export class World {
     const t0 = Date.now();
     try {
       await Promise.all(this.ranks.map((r) => r.start()));
+      if (this.backend === 'nccl') await this.buildComm();
     } catch (err) {
       this.fail((err as Error).message);
       throw err;
@@ -95,6 +98,36 @@ export class World {
     if (failed.length === 0) return;
     const first = failed[0].error;
     throw new NccldError(first.code, first.message, { ranks: failed.map((f) => f.rank) });
+  }
+
+  /** Rank 0 makes a unique id; every rank joins the communicator built from it. */
+  private async buildComm(): Promise<void> {
+    const generation = ++this.generation;
+    const t0 = Date.now();
+    const first = this.ranks[0];
+    const idReply = first.expect('uniqueId');
+    first.send({ t: 'uniqueId' });
+    const { uniqueId, error } = await idReply;
+    if (error || !uniqueId) throw new NccldError(ErrorCodes.NCCL, `rank 0 could not make an NCCL unique id: ${error?.message}`);
+    const readies = this.ranks.map((r) => {
+      const ready = r.expect('commReady');
+      r.send({ t: 'comm', generation, uniqueId });
+      return ready;
+    });
+    const replies = await Promise.all(readies);
+    const bad = replies.flatMap((m, rank) => (m.error ? [`rank ${rank}: ${m.error.message}`] : []));
+    if (bad.length > 0) throw new NccldError(ErrorCodes.NCCL, `NCCL communicator not built: ${bad.join('; ')}`);
+    this.log.info({ generation, ms: Date.now() - t0 }, 'NCCL communicator ready on every rank');
+  }
+
+  /** Opens a client's GPU buffer on its rank (once; ranks cache it) and says how big it is. */
+  openBuffer(client: number, rank: number, buffer: BufferRef): Promise<{ size: number; device: number }> {
+    return this.ranks[rank].call({ t: 'open', client, buffer });
+  }
+
+  /** Each rank's counters (buffers mapped; IPC opens and closes on the nccl backend). */
+  rankStats(): Promise<Record<string, number>[]> {
+    return Promise.all(this.ranks.map((r) => r.call<Record<string, number>>({ t: 'stats' })));
   }
 
   /** Drops a client's buffer mappings on every rank, after whatever that rank is running now. */

@@ -95,6 +95,11 @@ export function isShmRef(ref: BufferRef): ref is ShmBufferRef {
   return 'shm' in ref;
 }
 
+/** A CUDA IPC handle as a map key: its 64 bytes in hex. */
+export function ipcHandleKey(ipc: Uint8Array): string {
+  return Buffer.from(ipc.buffer, ipc.byteOffset, ipc.byteLength).toString('hex');
+}
+
 /** The id of a message if it has a usable one, so even a malformed request gets a matched error. */
 export function requestId(msg: Message): number | null {
   return isId(msg.id) ? msg.id : null;

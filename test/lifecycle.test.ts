@@ -35,18 +35,29 @@ t.test('status on the debug socket lists every rank with its pid', async (t) => 
   t.match(long, /^ERROR: line longer than 4096 bytes\ncommands:/);
 });
 
-t.test('the world is ready only after every rank said so; the log says which backend and why', async (t) => {
-  const d = await startDaemon(['--ranks', '3']); // --backend auto
+t.test('the world is ready only after every rank said so', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '3']);
   t.teardown(() => d.stop());
-  const backend = d.logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith('backend:'));
-  t.ok(backend, 'a log line names the backend');
-  t.equal(backend!.backend, 'host');
-  t.match(backend!.note, /GPU backend unavailable: .+/, 'and says why the GPU backend is not used');
   const readyIdx = d.logs.findIndex((l) => l.msg === 'world ready');
   const rankReady = d.logs.map((l, i) => (l.msg === 'device process ready' ? i : -1)).filter((i) => i >= 0);
   t.equal(rankReady.length, 3, 'three device processes reported ready');
   t.ok(rankReady.every((i) => i < readyIdx), 'before the world was declared ready');
   for (const l of d.logs) t.equal(typeof l.level, 'number', 'every log line is pino JSON');
+});
+
+t.test('--backend auto says which backend it chose and why', async (t) => {
+  const { gpuUnavailableReason } = await import('../dist/daemon/backend-select.js');
+  const reason = gpuUnavailableReason();
+  const d = await startDaemon(['--ranks', '2'], { timeoutMs: 120_000 });
+  t.teardown(() => d.stop());
+  const line = d.logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith('backend:'));
+  t.ok(line, 'a log line names the backend');
+  if (reason === null) {
+    t.equal(line!.backend, 'nccl', 'GPUs and NCCL are here: nccl');
+  } else {
+    t.equal(line!.backend, 'host', 'no GPU backend here: host');
+    t.match(line!.note, `GPU backend unavailable: ${reason}`, 'and the log says why');
+  }
 });
 
 t.test('SIGTERM: in-flight requests finish, device processes stop, sockets are removed, exit 0', async (t) => {

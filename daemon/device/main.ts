@@ -3,19 +3,30 @@
 import { createLogger, type Logger } from '../logger.js';
 import { toNccldError } from '../../shared/errors.js';
 import { HostRank } from './host-rank.js';
-import type { FromDevice, InitMessage, ToDevice } from './messages.js';
+import { NcclRank } from './nccl-rank.js';
+import type { FromDevice, InitMessage, ToDevice, WireError } from './messages.js';
+
+/** How long a rank waits for NCCL to build a communicator before giving up. */
+const COMM_TIMEOUT_MS = 120_000;
 
 function send(msg: FromDevice): void {
   process.send?.(msg);
+}
+
+function wire(err: unknown): WireError {
+  const e = toNccldError(err);
+  return { code: e.code, message: e.message };
 }
 
 // The daemon's death closes our IPC channel: a device process never outlives it.
 process.on('disconnect', () => process.exit(0));
 
 let log: Logger | undefined;
-let rank: HostRank | undefined;
-// Every message that touches buffers goes through this one chain, so collectives run in sequence
-// order and a client's mappings are dropped only after its earlier collectives finished.
+let host: HostRank | undefined;
+let nccl: NcclRank | undefined;
+// Host ranks run one collective at a time through this chain (each reads every rank's buffers),
+// and a client's mappings are dropped only after its earlier collectives finished. NCCL ranks
+// hand work to the comm's own ordered queue instead, so they need no chain.
 let chain: Promise<void> = Promise.resolve();
 
 function serially(work: () => Promise<void> | void): void {
@@ -23,10 +34,25 @@ function serially(work: () => Promise<void> | void): void {
 }
 
 function init(msg: InitMessage): void {
-  log = createLogger(msg.logLevel, { name: 'nccld-device', rank: msg.rank });
-  rank = new HostRank(msg.rank, msg.nranks);
-  log.info({ backend: msg.backend, nranks: msg.nranks }, 'device process ready');
-  send({ t: 'ready', pid: process.pid, deviceName: null });
+  log = createLogger(msg.logLevel, { name: 'nccld-device', rank: msg.rank, device: msg.device });
+  try {
+    if (msg.backend === 'nccl') nccl = new NcclRank(msg.rank, msg.nranks, msg.device!);
+    else host = new HostRank(msg.rank, msg.nranks);
+  } catch (err) {
+    log.error({ err }, 'device process cannot start its backend');
+    send({ t: 'ready', pid: process.pid, deviceName: null, error: wire(err) });
+    return;
+  }
+  const deviceName = nccl ? nccl.device.name : null;
+  log.info({ backend: msg.backend, nranks: msg.nranks, deviceName }, 'device process ready');
+  send({ t: 'ready', pid: process.pid, deviceName });
+}
+
+function done(seq: number, work: Promise<void>): Promise<void> {
+  return work.then(
+    () => send({ t: 'done', seq }),
+    (err) => send({ t: 'done', seq, error: wire(err) }),
+  );
 }
 
 process.on('message', (raw) => {
@@ -35,23 +61,44 @@ process.on('message', (raw) => {
     case 'init':
       init(msg);
       break;
+    case 'uniqueId':
+      try {
+        send({ t: 'uniqueId', uniqueId: NcclRank.uniqueId() });
+      } catch (err) {
+        send({ t: 'uniqueId', error: wire(err) });
+      }
+      break;
+    case 'comm':
+      nccl!.initComm(msg.uniqueId, msg.generation, COMM_TIMEOUT_MS).then(
+        () => {
+          log?.info({ generation: msg.generation }, 'NCCL communicator ready');
+          send({ t: 'commReady', generation: msg.generation });
+        },
+        (err) => send({ t: 'commReady', generation: msg.generation, error: wire(err) }),
+      );
+      break;
     case 'run':
-      serially(async () => {
-        try {
-          await rank!.run(msg);
-          send({ t: 'done', seq: msg.seq });
-        } catch (err) {
-          const e = toNccldError(err);
-          send({ t: 'done', seq: msg.seq, error: { code: e.code, message: e.message } });
-        }
-      });
+      if (nccl) void done(msg.seq, nccl.submit(msg));
+      else serially(() => done(msg.seq, host!.run(msg)));
+      break;
+    case 'open':
+      try {
+        send({ t: 'reply', call: msg.call, value: nccl!.open(msg.client, msg.buffer) });
+      } catch (err) {
+        send({ t: 'reply', call: msg.call, error: wire(err) });
+      }
+      break;
+    case 'stats':
+      send({ t: 'reply', call: msg.call, value: nccl ? nccl.stats() : { mapped: host?.mappedCount ?? 0 } });
       break;
     case 'forget':
-      serially(() => rank?.forget(msg.client, msg.buffers));
+      if (nccl) nccl.forget(msg.client, msg.buffers);
+      else serially(() => host?.forget(msg.client, msg.buffers));
       break;
     case 'stop':
       serially(() => {
-        rank?.close();
+        host?.close();
+        nccl?.shutdown();
         log?.info('device process stopping');
         process.disconnect();
       });

@@ -49,37 +49,75 @@ export interface ForgetMessage {
   buffers?: BufferRef[];
 }
 
+/** Daemon → device (nccl): open a client's buffer now, so the request can be checked before it runs. */
+export interface OpenMessage {
+  t: 'open';
+  call: number;
+  client: number;
+  buffer: BufferRef;
+}
+
+/** Daemon → device: counters for status and tests. */
+export interface StatsRequest {
+  t: 'stats';
+  call: number;
+}
+
 export interface StopMessage {
   t: 'stop';
 }
 
-export type ToDevice = InitMessage | CommMessage | UniqueIdRequest | RunMessage | ForgetMessage | StopMessage;
+export type ToDevice =
+  | InitMessage
+  | CommMessage
+  | UniqueIdRequest
+  | RunMessage
+  | ForgetMessage
+  | OpenMessage
+  | StatsRequest
+  | StopMessage;
 
 export interface ReadyMessage {
   t: 'ready';
   pid: number;
   deviceName: string | null;
+  error?: WireError;
 }
 
 export interface UniqueIdMessage {
   t: 'uniqueId';
-  uniqueId: Uint8Array;
+  uniqueId?: Uint8Array;
+  error?: WireError;
 }
 
 export interface CommReadyMessage {
   t: 'commReady';
   generation: number;
+  error?: WireError;
+}
+
+/** Device → daemon: the answer to a call (open, stats). */
+export interface CallReply {
+  t: 'reply';
+  call: number;
+  value?: unknown;
+  error?: WireError;
+}
+
+export interface WireError {
+  code: string;
+  message: string;
 }
 
 export interface DoneMessage {
   t: 'done';
   seq: number;
-  error?: { code: string; message: string };
+  error?: WireError;
 }
 
 export interface FatalMessage {
   t: 'fatal';
-  error: { code: string; message: string };
+  error: WireError;
 }
 
-export type FromDevice = ReadyMessage | UniqueIdMessage | CommReadyMessage | DoneMessage | FatalMessage;
+export type FromDevice = ReadyMessage | UniqueIdMessage | CommReadyMessage | CallReply | DoneMessage | FatalMessage;

@@ -1,0 +1,131 @@
+// The nccl backend for real: a daemon whose device processes hold NCCL ranks, fed GPU buffers by
+// CUDA IPC handle. Skips, saying why, where there is no GPU or no NCCL; on the GPU machine it runs
+// in the normal suite.
+import t from 'tap';
+import { connect, DeviceBuffer, DTYPE_NAMES, REDUCE_OP_NAMES, type Client, type DType, type ReduceOp } from '../dist/client/index.js';
+import { native } from '../dist/shared/native.js';
+import { DTYPES } from '../dist/shared/dtypes.js';
+import { HostBuffer } from '../dist/client/host-buffer.js';
+import { compare, fromNumbers, randomInputs, reference, toNumbers } from '../dist/client/verify.js';
+import { debugCommand, startDaemon } from './helpers/daemon.js';
+
+const probe = native.gpu?.probe();
+const skip = !probe?.available ? `no GPU backend here: ${probe?.reason ?? 'no GPU support in this build'}` : false;
+
+/** ipcOpens / ipcCloses / mapped per rank, from the debug socket's `buffers` command. */
+async function bufferStats(debugSocket: string): Promise<Record<string, number>[]> {
+  const out = await debugCommand(debugSocket, 'buffers');
+  return out
+    .split('\n')
+    .filter((l) => l.startsWith('rank '))
+    .map((l) => Object.fromEntries(l.replace(/^rank \d+: /, '').split(', ').map((kv) => [kv.split(' ')[0], Number(kv.split(' ')[1])])));
+}
+
+async function gpuRun(client: Client, dtype: DType, op: ReduceOp, count: number, seed: number, keep = false) {
+  const n = client.worldSize;
+  const bytes = Math.max(1, count * DTYPES[dtype].bytes);
+  const inputs = randomInputs(dtype, op, n, count, seed);
+  const buffers = client.server.devices.map((dev, r) => {
+    const b = DeviceBuffer.alloc(dev!, bytes);
+    const staging = HostBuffer.viewOf(dtype, count);
+    fromNumbers(staging, dtype, inputs[r]);
+    b.write(staging);
+    return b;
+  });
+  const { seq } = await client.allReduce({ buffers, dtype, op, count });
+  const ref = reference(inputs, dtype, op);
+  let mismatches = 0;
+  const first: unknown[] = [];
+  buffers.forEach((b, r) => {
+    const res = compare(toNumbers(b.read(HostBuffer.viewOf(dtype, count)), dtype), ref, r, 3);
+    mismatches += res.mismatches;
+    first.push(...res.first);
+  });
+  if (!keep) for (const b of buffers) await b.free();
+  return { mismatches, first, seq, buffers };
+}
+
+t.test('nccl backend', { skip }, async (t) => {
+  const d = await startDaemon(['--backend', 'nccl'], { timeoutMs: 120_000 });
+  t.teardown(() => d.stop());
+  const client = await connect(d.socket);
+  t.teardown(() => client.close());
+  t.equal(client.server.backend, 'nccl');
+  t.equal(client.worldSize, probe!.devices.length, 'one rank per visible GPU');
+  const status = await debugCommand(d.debugSocket, 'status');
+  t.match(status, /backend: nccl \(.*NCCL \d+\.\d+\.\d+/, 'status shows NCCL\'s version');
+  t.match(status, new RegExp(probe!.devices[0].name.replace(/[()[\]]/g, '.')), 'and the device name');
+
+  await t.test('every dtype × op against a float64 reference', async (t) => {
+    let seed = 1;
+    for (const dtype of DTYPE_NAMES) {
+      for (const op of REDUCE_OP_NAMES) {
+        for (const count of [1, 1001, 100_003]) {
+          const r = await gpuRun(client, dtype, op, count, seed++);
+          if (r.mismatches) t.fail(`${dtype} ${op} ${count}: ${r.mismatches} mismatches`, { first: r.first });
+        }
+        t.pass(`${dtype} ${op}`);
+      }
+    }
+  });
+
+  await t.test('many requests in flight, each result checked', async (t) => {
+    const runs = await Promise.all(Array.from({ length: 64 }, (_, i) => gpuRun(client, 'f32', 'sum', 4096 + i, 1000 + i)));
+    t.equal(runs.filter((r) => r.mismatches).length, 0);
+    t.equal(new Set(runs.map((r) => r.seq)).size, 64);
+  });
+
+  await t.test('a buffer is opened once; release and disconnect close it', async (t) => {
+    const before = await bufferStats(d.debugSocket);
+    const first = await gpuRun(client, 'f32', 'sum', 1024, 1, true);
+    const afterFirst = await bufferStats(d.debugSocket);
+    t.equal(afterFirst[0].ipcOpens - before[0].ipcOpens, 1, 'the first request opens the handle');
+    for (let i = 0; i < 5; i++) await client.allReduce({ buffers: first.buffers, dtype: 'f32', op: 'sum', count: 1024 });
+    const afterMore = await bufferStats(d.debugSocket);
+    t.equal(afterMore[0].ipcOpens, afterFirst[0].ipcOpens, 'later requests on the same buffer open nothing');
+    for (const b of first.buffers) await b.free(); // releases first
+    const afterFree = await bufferStats(d.debugSocket);
+    t.equal(afterFree[0].ipcCloses - afterMore[0].ipcCloses, 1, 'release closes the mapping');
+
+    const other = await connect(d.socket);
+    const kept = await gpuRun(other, 'f32', 'sum', 1024, 2, true);
+    const withOther = await bufferStats(d.debugSocket);
+    await other.close();
+    let now = withOther;
+    for (let i = 0; i < 100 && now[0].ipcCloses === withOther[0].ipcCloses; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      now = await bufferStats(d.debugSocket);
+    }
+    t.equal(now[0].ipcCloses - withOther[0].ipcCloses, 1, 'disconnect closes the client\'s mappings');
+    for (const b of kept.buffers) await b.free();
+  });
+
+  await t.test('a handle of freed memory, or of no memory at all, is refused with a clear error', async (t) => {
+    const b = DeviceBuffer.alloc(client.server.devices[0]!, 64 << 20);
+    const handle = Buffer.from(b.ipcHandle());
+    await b.free();
+    const stale = client.server.devices.map((device) => ({ ipc: handle, device: device! }));
+    await t.rejects(client.allReduce({ buffers: stale, dtype: 'f32', op: 'sum', count: 16 }), { code: 'NCCLD_ERR_NO_SUCH_BUFFER' }, 'freed');
+    const bogus = client.server.devices.map((device) => ({ ipc: Buffer.alloc(64, 0xab), device: device! }));
+    await t.rejects(client.allReduce({ buffers: bogus, dtype: 'f32', op: 'sum', count: 16 }), { code: 'NCCLD_ERR_NO_SUCH_BUFFER' }, 'garbage');
+    t.equal((await gpuRun(client, 'f32', 'sum', 1000, 9)).mismatches, 0, 'still serving');
+  });
+
+  await t.test('a buffer said to be on another device than its rank\'s is refused', async (t) => {
+    const b = DeviceBuffer.alloc(client.server.devices[0]!, 4096);
+    t.teardown(() => b.free());
+    const refs = client.server.devices.map((device) => ({ ipc: b.ipcHandle(), device: device! + 1 }));
+    await t.rejects(client.allReduce({ buffers: refs, dtype: 'f32', op: 'sum', count: 16 }), { code: 'NCCLD_ERR_WRONG_DEVICE' });
+    await t.rejects(client.allReduce({ buffers: [b, ...client.server.devices.slice(1).map(() => b)], dtype: 'f32', op: 'sum', count: 1 << 20 }), {
+      code: 'NCCLD_ERR_BUFFER_TOO_SMALL',
+    });
+  });
+});
+
+t.test('the GPU stack is probed without a crash and says why when it is missing', async (t) => {
+  t.ok(native.gpu, 'this build has GPU support compiled in');
+  const p = native.gpu!.probe();
+  t.type(p.available, 'boolean');
+  if (!p.available) t.match(p.reason, /\S/, `reason given: ${p.reason}`);
+  else t.ok(p.devices.length > 0);
+});
