@@ -2,8 +2,10 @@
 #include <napi.h>
 
 #include "gpu/gpu.h"
+#include "parent_death.h"
 #include "peer_credentials.h"
 #include "reduce_worker.h"
+#include "sd_notify.h"
 #include "shm_segment.h"
 
 namespace {
@@ -12,6 +14,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nccld::ShmSegment::Init(env, exports);   // ShmSegment, shmUnlink
   nccld::ReduceWorker::Init(env, exports); // reduceSlice, sliceBounds
   nccld::InitPeerCredentials(env, exports);
+  nccld::InitParentDeath(env, exports);  // setParentDeathSignal
+  nccld::InitSdNotify(env, exports);     // sdNotify
 
   // CUDA and NCCL are opened with dlopen on first use, so this loads on machines without them.
   InitGpu(env, exports);

@@ -51,38 +51,35 @@ struct Bf16Codec {
 
 // Ops: Pre() on every input, Combine() to fold it in, Finish() once per element.
 // kPlainFinish lets the kernel store the accumulators directly when S == A.
-template <class C>
-struct SumOp {
+// Sum, prod, min and max are a bare binary function F::Apply with no pre or post step.
+template <class C, class F>
+struct PlainOp {
   using A = typename C::A;
   static constexpr bool kPlainFinish = true;
-  explicit SumOp(uint32_t) {}
+  explicit PlainOp(uint32_t) {}
   A Pre(A x) const { return x; }
-  A Combine(A a, A x) const { return static_cast<A>(a + x); }
+  A Combine(A a, A x) const { return F::Apply(a, x); }
   A Finish(A a) const { return a; }
 };
 
-template <class C>
-struct ProdOp {
-  using A = typename C::A;
-  static constexpr bool kPlainFinish = true;
-  explicit ProdOp(uint32_t) {}
-  A Pre(A x) const { return x; }
-  A Combine(A a, A x) const { return static_cast<A>(a * x); }
-  A Finish(A a) const { return a; }
+struct Add {
+  template <typename A>
+  static A Apply(A a, A x) { return static_cast<A>(a + x); }
 };
 
-template <class C, bool kMax>
-struct MinMaxOp {
-  using A = typename C::A;
-  static constexpr bool kPlainFinish = true;
-  explicit MinMaxOp(uint32_t) {}
-  A Pre(A x) const { return x; }
-  A Combine(A a, A x) const {
+struct Mul {
+  template <typename A>
+  static A Apply(A a, A x) { return static_cast<A>(a * x); }
+};
+
+template <bool kMax>
+struct MinMax {
+  template <typename A>
+  static A Apply(A a, A x) {
     A r = kMax ? (x > a ? x : a) : (x < a ? x : a);
     if (std::is_floating_point<A>::value) r = (a != a) ? x : r;  // NaN loses (fmin/fmax)
     return r;
   }
-  A Finish(A a) const { return a; }
 };
 
 template <class C>
@@ -171,10 +168,10 @@ void Reduce(char* const* bufs, size_t nbufs, size_t begin, size_t end, uint32_t 
 template <class C>
 ReduceFn ForFloat(int op) {
   switch (op) {
-    case kSum: return &Reduce<C, SumOp<C>>;
-    case kProd: return &Reduce<C, ProdOp<C>>;
-    case kMax: return &Reduce<C, MinMaxOp<C, true>>;
-    case kMin: return &Reduce<C, MinMaxOp<C, false>>;
+    case kSum: return &Reduce<C, PlainOp<C, Add>>;
+    case kProd: return &Reduce<C, PlainOp<C, Mul>>;
+    case kMax: return &Reduce<C, PlainOp<C, MinMax<true>>>;
+    case kMin: return &Reduce<C, PlainOp<C, MinMax<false>>>;
     case kAvg: return &Reduce<C, AvgFloatOp<C>>;
     default: return nullptr;
   }
@@ -185,10 +182,10 @@ ReduceFn ForInt(int op) {
   using U = NativeCodec<typename std::make_unsigned<T>::type>;
   using I = NativeCodec<T>;
   switch (op) {
-    case kSum: return &Reduce<U, SumOp<U>>;
-    case kProd: return &Reduce<U, ProdOp<U>>;
-    case kMax: return &Reduce<I, MinMaxOp<I, true>>;
-    case kMin: return &Reduce<I, MinMaxOp<I, false>>;
+    case kSum: return &Reduce<U, PlainOp<U, Add>>;
+    case kProd: return &Reduce<U, PlainOp<U, Mul>>;
+    case kMax: return &Reduce<I, PlainOp<I, MinMax<true>>>;
+    case kMin: return &Reduce<I, PlainOp<I, MinMax<false>>>;
     case kAvg: return &Reduce<U, AvgIntOp<U, std::is_signed<T>::value>>;
     default: return nullptr;
   }

@@ -252,14 +252,21 @@ GpuError Comm::Shutdown(napi_env env, bool finalize, std::size_t timeoutMs) {
   return result;
 }
 
-Napi::Value Comm::Poll(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+bool Comm::QueryAsync(Napi::Env env, nccl::Result* r, nccl::Result* state) {
   if (!worker_) {
     GpuError::Closed("Comm").Throw(env);
-    return env.Undefined();
+    return false;
   }
-  nccl::Result state = nccl::kSuccess;
-  nccl::Result r = worker_->QueryAsync(&state);
+  *state = nccl::kSuccess;
+  *r = worker_->QueryAsync(state);
+  return true;
+}
+
+Napi::Value Comm::Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  nccl::Result r;
+  nccl::Result state;
+  if (!QueryAsync(env, &r, &state)) return env.Undefined();
   if (r != nccl::kSuccess) {
     GpuError::Nccl(r, "ncclCommGetAsyncError", comm_).Throw(env);
     return env.Undefined();
@@ -294,12 +301,9 @@ Napi::Value Comm::AllReduce(const Napi::CallbackInfo& info) {
 
 Napi::Value Comm::AsyncError(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!worker_) {
-    GpuError::Closed("Comm").Throw(env);
-    return env.Undefined();
-  }
-  nccl::Result state = nccl::kSuccess;
-  nccl::Result r = worker_->QueryAsync(&state);
+  nccl::Result r;
+  nccl::Result state;
+  if (!QueryAsync(env, &r, &state)) return env.Undefined();
   if (r != nccl::kSuccess) state = r;  // the query itself failed: report that
   if (state == nccl::kSuccess) return env.Null();
   return Napi::String::New(env, NcclLib::ResultName(state));

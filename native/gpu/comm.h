@@ -40,6 +40,9 @@ class Comm : public Napi::ObjectWrap<Comm> {
   Napi::Value GetRank(const Napi::CallbackInfo& info);
   Napi::Value GetNranks(const Napi::CallbackInfo& info);
 
+  // Shared by poll() and asyncError(): throws NCCLD_ERR_CLOSED and returns false once closed;
+  // else *r is what ncclCommGetAsyncError returned and *state the comm's state it reported.
+  bool QueryAsync(Napi::Env env, nccl::Result* r, nccl::Result* state);
   void Settle(Napi::Env env, const CommCompletion& done);
   void Hold(Napi::Env env, bool hold);
   // Stops the worker and frees the communicator: ncclCommFinalize + ncclCommDestroy when

@@ -1,28 +1,8 @@
 #include "cuda_lib.h"
 
-#include <dlfcn.h>
-
-#include <cstdlib>
+#include "dynamic_library.h"
 
 namespace nccld {
-
-namespace {
-
-// dlsym into a typed slot; on failure appends the symbol and dlerror text to *why.
-template <typename Fn>
-bool Resolve(void* lib, const char* name, Fn* slot, std::string* why) {
-  dlerror();
-  void* sym = dlsym(lib, name);
-  if (sym == nullptr) {
-    const char* err = dlerror();
-    *why = std::string("missing symbol ") + name + (err ? std::string(": ") + err : "");
-    return false;
-  }
-  *slot = reinterpret_cast<Fn>(sym);
-  return true;
-}
-
-}  // namespace
 
 const CudaLib& CudaLib::Get() {
   // Leaked on purpose: no destructor may run (or dlclose) while NCCL threads still use the driver.
@@ -32,15 +12,13 @@ const CudaLib& CudaLib::Get() {
 
 CudaLib::CudaLib() {
   // NCCLD_LIBCUDA lets a host with the driver outside the loader path (or a test stub) point at it.
-  const char* path = std::getenv("NCCLD_LIBCUDA");
-  if (path == nullptr || *path == '\0') path = "libcuda.so.1";
-  void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  std::string path;
+  std::string why;
+  void* lib = OpenLibrary("NCCLD_LIBCUDA", "libcuda.so.1", &path, &why);
   if (lib == nullptr) {
-    const char* err = dlerror();
-    reason_ = std::string("cannot load the CUDA driver (") + (err ? err : path) + ")";
+    reason_ = "cannot load the CUDA driver (" + why + ")";
     return;
   }
-  std::string why;
   // Versioned names are what cuda.h's #defines map the plain names to (CUDA 12/13).
   bool ok = Resolve(lib, "cuGetErrorName", &api_.GetErrorName, &why) &&
             Resolve(lib, "cuGetErrorString", &api_.GetErrorString, &why) &&
@@ -73,7 +51,7 @@ CudaLib::CudaLib() {
             Resolve(lib, "cuIpcOpenMemHandle_v2", &api_.IpcOpenMemHandle, &why) &&
             Resolve(lib, "cuIpcCloseMemHandle", &api_.IpcCloseMemHandle, &why);
   if (!ok) {
-    reason_ = std::string(path) + " is unusable: " + why;
+    reason_ = path + " is unusable: " + why;
     return;  // keep the handle open: harmless, and dlclose of libcuda is never safe mid-process
   }
   loaded_ = true;

@@ -1,27 +1,8 @@
 #include "nccl_lib.h"
 
-#include <dlfcn.h>
-
-#include <cstdlib>
+#include "dynamic_library.h"
 
 namespace nccld {
-
-namespace {
-
-template <typename Fn>
-bool Resolve(void* lib, const char* name, Fn* slot, std::string* why) {
-  dlerror();
-  void* sym = dlsym(lib, name);
-  if (sym == nullptr) {
-    const char* err = dlerror();
-    *why = std::string("missing symbol ") + name + (err ? std::string(": ") + err : "");
-    return false;
-  }
-  *slot = reinterpret_cast<Fn>(sym);
-  return true;
-}
-
-}  // namespace
 
 const NcclLib& NcclLib::Get() {
   // Leaked on purpose: NCCL's own threads may outlive static destruction.
@@ -31,15 +12,13 @@ const NcclLib& NcclLib::Get() {
 
 NcclLib::NcclLib() {
   // NCCLD_LIBNCCL: pip wheels (nvidia-nccl-cu*) install libnccl.so.2 outside the loader path.
-  const char* path = std::getenv("NCCLD_LIBNCCL");
-  if (path == nullptr || *path == '\0') path = "libnccl.so.2";
-  void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  std::string path;
+  std::string why;
+  void* lib = OpenLibrary("NCCLD_LIBNCCL", "libnccl.so.2", &path, &why);
   if (lib == nullptr) {
-    const char* err = dlerror();
-    reason_ = std::string("cannot load NCCL (") + (err ? err : path) + ")";
+    reason_ = "cannot load NCCL (" + why + ")";
     return;
   }
-  std::string why;
   bool ok = Resolve(lib, "ncclGetVersion", &api_.GetVersion, &why) &&
             Resolve(lib, "ncclGetUniqueId", &api_.GetUniqueId, &why) &&
             Resolve(lib, "ncclCommInitRankConfig", &api_.CommInitRankConfig, &why) &&
@@ -51,7 +30,7 @@ NcclLib::NcclLib() {
             Resolve(lib, "ncclGetErrorString", &api_.GetErrorString, &why) &&
             Resolve(lib, "ncclGetLastError", &api_.GetLastError, &why);
   if (!ok) {
-    reason_ = std::string(path) + " is unusable: " + why;
+    reason_ = path + " is unusable: " + why;
     return;
   }
   loaded_ = true;
