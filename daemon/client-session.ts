@@ -23,6 +23,9 @@ export interface SessionLimits {
   maxFrameBytes: number;
   /** Requests one client may have in flight; past it, NCCLD_ERR_BUSY. */
   maxInFlight: number;
+  /** Deadline of a collective that names none, and the longest one may name. */
+  timeoutMs: number;
+  maxTimeoutMs: number;
 }
 
 export interface SessionContext {
@@ -58,6 +61,10 @@ export class ClientSession {
     this.log = logger.child({ client: id, peerPid: peer?.pid, peerUid: peer?.uid });
     this.decoder = new FrameDecoder(ctx.limits.maxFrameBytes);
     this.ipc = new IpcBufferTable(ctx.world, id);
+    // New device processes have mapped nothing: open buffers again before their next use.
+    const forgetAll = () => this.ipc.forget();
+    ctx.world.on('rebuilt', forgetAll);
+    socket.once('close', () => ctx.world.off('rebuilt', forgetAll));
     socket.on('data', (chunk) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err }, 'client socket error'));
     socket.on('close', () => this.onClose());
@@ -132,15 +139,26 @@ export class ClientSession {
   private async admit(req: Request): Promise<{ done: Promise<number> }> {
     const { world, scheduler } = this.ctx;
     switch (req.type) {
-      case 'allreduce':
+      case 'allreduce': {
+        const timeoutMs = req.timeoutMs ?? this.ctx.limits.timeoutMs;
+        if (timeoutMs > this.ctx.limits.maxTimeoutMs) {
+          throw new NccldError(ErrorCodes.BAD_REQUEST, `timeoutMs ${timeoutMs} is over this daemon's limit of ${this.ctx.limits.maxTimeoutMs}`);
+        }
+        // The deadline counts from here: time spent checking and queued is part of it.
+        const deadline = Date.now() + timeoutMs;
         validateAllReduce(req, world, this.peer);
-        if (world.backend === 'nccl') await this.ipc.check(req);
+        if (world.backend === 'nccl') {
+          await world.whenReady(deadline); // buffers are opened on live ranks only
+          await this.ipc.check(req);
+        }
         return {
           done: scheduler.submit(
             { client: this.id, kind: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, buffers: req.buffers },
+            deadline,
             () => this.closed,
           ),
         };
+      }
       case 'release':
         // Behind every collective already sent to the ranks, so none loses its mapping mid-flight.
         this.ipc.forget(req.buffers);

@@ -18,6 +18,15 @@ export interface Config {
   maxQueued: number;
   maxFrameBytes: number;
   logLevel: string;
+  /** Deadline of a collective that names none, from when the daemon accepts it. */
+  timeoutMs: number;
+  /** Longest deadline a request may ask for. */
+  maxTimeoutMs: number;
+  /** World rebuilds allowed within restartWindowMs before the world is declared failed. */
+  restartLimit: number;
+  restartWindowMs: number;
+  /** Lets the debug socket make ranks crash, hang or fail (tests and drills only). */
+  faultInjection: boolean;
 }
 
 export class ConfigError extends Error {}
@@ -37,6 +46,11 @@ Options:
   --max-queued N             collectives queued in the whole daemon (default 65536)
   --max-frame-bytes N        largest protocol frame accepted (default ${DEFAULT_MAX_FRAME_BYTES})
   --log-level LEVEL          trace, debug, info, warn, error, fatal (default info)
+  --timeout-ms N             deadline of a collective that names none (default 30000)
+  --max-timeout-ms N         longest deadline a request may ask for (default 600000)
+  --restart-limit N          world rebuilds allowed within the window before it is failed (default 5)
+  --restart-window-ms N      that window (default 60000)
+  --enable-fault-injection   let the debug socket's 'inject' make ranks crash, hang or fail
   --help                     this text
   --version                  the version
 
@@ -77,6 +91,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'max-queued': { type: 'string' },
         'max-frame-bytes': { type: 'string' },
         'log-level': { type: 'string' },
+        'timeout-ms': { type: 'string' },
+        'max-timeout-ms': { type: 'string' },
+        'restart-limit': { type: 'string' },
+        'restart-window-ms': { type: 'string' },
+        'enable-fault-injection': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -98,6 +117,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   }
   const logLevel = v['log-level'] ?? 'info';
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, not "${logLevel}"`);
+  const maxTimeoutMs = int('max-timeout-ms', v['max-timeout-ms'], 600_000, 100, 86_400_000);
+  const timeoutMs = int('timeout-ms', v['timeout-ms'], Math.min(30_000, maxTimeoutMs), 100, maxTimeoutMs);
   return {
     backend,
     ranks: int('ranks', v.ranks, 2, 1, 1024),
@@ -110,5 +131,10 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     maxQueued: int('max-queued', v['max-queued'], 65536, 1, 10_000_000),
     maxFrameBytes: int('max-frame-bytes', v['max-frame-bytes'], DEFAULT_MAX_FRAME_BYTES, 1024, 64 << 20),
     logLevel,
+    timeoutMs,
+    maxTimeoutMs,
+    restartLimit: int('restart-limit', v['restart-limit'], 5, 0, 1000),
+    restartWindowMs: int('restart-window-ms', v['restart-window-ms'], 60_000, 1000, 86_400_000),
+    faultInjection: v['enable-fault-injection'] ?? false,
   };
 }

@@ -30,7 +30,14 @@ export class Daemon {
     const choice = chooseBackend(cfg);
     this.backendNote = choice.backend === 'nccl' ? `${choice.note}; ${gpuVersions()}` : choice.note;
     log.info({ backend: choice.backend, devices: choice.devices, note: choice.note }, `backend: ${choice.backend} (${choice.note})`);
-    this.world = new World({ backend: choice.backend, devices: choice.devices, logLevel: cfg.logLevel, logger: log });
+    this.world = new World({
+      backend: choice.backend,
+      devices: choice.devices,
+      logLevel: cfg.logLevel,
+      logger: log,
+      restartLimit: cfg.restartLimit,
+      restartWindowMs: cfg.restartWindowMs,
+    });
     this.scheduler = new Scheduler(this.world, {
       window: choice.backend === 'host' ? 1 : NCCL_WINDOW,
       maxQueued: cfg.maxQueued,
@@ -39,12 +46,20 @@ export class Daemon {
       {
         world: this.world,
         scheduler: this.scheduler,
-        limits: { maxFrameBytes: cfg.maxFrameBytes, maxInFlight: cfg.maxInFlight },
+        limits: { maxFrameBytes: cfg.maxFrameBytes, maxInFlight: cfg.maxInFlight, timeoutMs: cfg.timeoutMs, maxTimeoutMs: cfg.maxTimeoutMs },
         draining: () => this.draining,
       },
       log,
     );
-    this.debug = new DebugServer({ status: () => this.status(), buffers: () => this.world.rankStats() }, log);
+    this.debug = new DebugServer(
+      {
+        status: () => this.status(),
+        buffers: () => this.world.rankStats(),
+        rebuild: () => this.rebuild('asked on the debug socket'),
+        inject: (rank, fault) => this.inject(rank, fault),
+      },
+      log,
+    );
   }
 
   async start(): Promise<void> {
@@ -71,13 +86,42 @@ export class Daemon {
     return this.stopping;
   }
 
+  /** Rebuilds the world, from `failed` too; says how it ended. */
+  async rebuild(reason: string): Promise<string> {
+    await this.world.retry(reason);
+    const w = this.world;
+    return w.state === 'ready' ? `world ready, generation ${w.generation}` : `world ${w.state}: ${w.failure ?? w.lastBreak}`;
+  }
+
+  inject(rank: number, fault: string): string {
+    if (!this.cfg.faultInjection) throw new Error('fault injection is off; start nccld with --enable-fault-injection');
+    const r = this.world.ranks[rank];
+    if (!r) throw new Error(`no rank ${rank}; the world has ${this.world.size}`);
+    switch (fault) {
+      case 'crash':
+      case 'hang':
+      case 'fail':
+        r.send({ t: 'inject', fault });
+        return `rank ${rank}: the next collective will ${fault === 'fail' ? 'fail' : fault}`;
+      case 'crash-loop':
+        r.startFault = 'crash';
+        r.send({ t: 'inject', fault: 'crash' });
+        return `rank ${rank}: crashes at its next collective and at every restart, until 'inject ${rank} clear'`;
+      case 'clear':
+        r.startFault = null;
+        return `rank ${rank}: no fault at its next start`;
+      default:
+        throw new Error(`unknown fault "${fault.slice(0, 32)}": crash, hang, fail, crash-loop or clear`);
+    }
+  }
+
   status(): DaemonStatus {
     const w = this.world;
     return {
       version: NCCLD_VERSION,
       backend: w.backend,
       backendNote: this.backendNote,
-      world: { state: w.state, size: w.size, failure: w.failure },
+      world: { state: w.state, size: w.size, failure: w.failure, generation: w.generation, rebuilds: w.rebuilds, lastBreak: w.lastBreak },
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       requests: {
         served: this.scheduler.served,

@@ -12,6 +12,10 @@ export interface DebugCommands {
   status(): DaemonStatus;
   /** Per rank: buffers mapped now, and CUDA IPC handles opened and closed so far. */
   buffers(): Promise<Record<string, number>[]>;
+  /** Rebuilds the world (from `failed` too, with a fresh restart budget); resolves when done. */
+  rebuild(): Promise<string>;
+  /** Fault injection; throws unless the daemon was started with --enable-fault-injection. */
+  inject(rank: number, fault: string): string;
 }
 
 const HELP = [
@@ -19,6 +23,10 @@ const HELP = [
   '  help     this list',
   '  status   backend, world state and size, each rank (pid, device, state), requests served',
   '  buffers  per rank: client buffers mapped now, CUDA IPC handles opened and closed',
+  '  rebuild  rebuild the world now; also brings a failed world back, with a fresh restart budget',
+  '  inject <rank> crash|hang|fail|crash-loop|clear',
+  '           fault injection (needs --enable-fault-injection): the next collective on that rank',
+  '           crashes, never finishes, or fails; crash-loop makes every restart of it crash',
 ];
 
 export class DebugServer {
@@ -87,9 +95,9 @@ export class DebugServer {
 
   private reply(socket: net.Socket, line: string): void {
     if (line === '') return;
-    const [command] = line.split(/\s+/);
-    this.log.debug({ command }, 'debug command');
-    const answer = this.run(command.toLowerCase()).then(
+    const [command, ...args] = line.split(/\s+/);
+    this.log.debug({ command, args }, 'debug command');
+    const answer = this.run(command.toLowerCase(), args).then(
       (out) => [...out, 'OK'],
       (err: Error) => [`ERROR: ${err.message}`],
     );
@@ -103,7 +111,7 @@ export class DebugServer {
     );
   }
 
-  private async run(command: string): Promise<string[]> {
+  private async run(command: string, args: string[]): Promise<string[]> {
     switch (command) {
       case 'help':
         return [...HELP];
@@ -113,6 +121,13 @@ export class DebugServer {
         return (await this.commands.buffers()).map(
           (s, rank) => `rank ${rank}: ${Object.entries(s).map(([k, v]) => `${k} ${v}`).join(', ')}`,
         );
+      case 'rebuild':
+        return [await this.commands.rebuild()];
+      case 'inject': {
+        const [rank, fault] = args;
+        if (!/^\d+$/.test(rank ?? '') || !fault) throw new Error('usage: inject <rank> crash|hang|fail|crash-loop|clear');
+        return [this.commands.inject(Number(rank), fault)];
+      }
       default:
         throw new Error(`unknown command "${command.slice(0, 64)}"; try help`);
     }

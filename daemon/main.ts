@@ -44,6 +44,11 @@ async function main(): Promise<number> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // SIGHUP: rebuild the world (what `rebuild` on the debug socket does), e.g. after a failure.
+  process.on('SIGHUP', () => {
+    log.info({ signal: 'SIGHUP' }, 'signal received: rebuilding the world');
+    void daemon.rebuild('SIGHUP');
+  });
   try {
     await daemon.start();
   } catch (err) {

@@ -49,8 +49,12 @@ export class RankProcess extends EventEmitter {
     this.log = opts.logger.child({ rank: opts.rank });
   }
 
-  /** Forks the process and resolves once it reports ready; rejects if it dies first. */
+  /** Faults to put into this rank's device processes (tests and drills; off unless enabled). */
+  startFault: 'crash' | null = null;
+
+  /** Forks the process (again, after a death) and resolves once it reports ready; rejects if it dies first. */
   start(): Promise<void> {
+    this.state = 'starting';
     const env = { ...process.env };
     // Sockets handed to the daemon by systemd are not the device process's.
     delete env.LISTEN_FDS;
@@ -71,7 +75,9 @@ export class RankProcess extends EventEmitter {
       };
       child.once('exit', onExit);
       child.on('message', (raw) => this.onMessage(raw as FromDevice, resolve, reject, () => child.off('exit', onExit)));
-      child.on('exit', (code, signal) => this.onExit(code, signal));
+      child.on('exit', (code, signal) => {
+        if (child === this.child) this.onExit(code, signal);
+      });
       child.on('error', (err) => this.log.error({ err }, 'device process error'));
       this.send({
         t: 'init',
@@ -80,8 +86,26 @@ export class RankProcess extends EventEmitter {
         backend: this.opts.backend,
         device: this.opts.device,
         logLevel: this.opts.logLevel,
+        parentPid: process.pid,
+        ...(this.startFault ? { fault: this.startFault } : {}),
       });
     });
+  }
+
+  /** SIGKILL: for a rank that missed a deadline; its exit settles everything sent to it. */
+  kill(): Promise<void> {
+    const child = this.child;
+    if (!child || this.state === 'exited') return Promise.resolve();
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGKILL');
+    return exited;
+  }
+
+  /** Resolves once the current process has exited (at once if it has). */
+  exited(): Promise<void> {
+    const child = this.child;
+    if (!child || this.state === 'exited' || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+    return new Promise((resolve) => child.once('exit', () => resolve()));
   }
 
   /** Runs one collective on this rank; settles when the rank has finished it or died. */

@@ -1,5 +1,6 @@
 // One global order for every collective: requests from all clients enter one FIFO queue, and each
-// gets its sequence number when it leaves the queue for the ranks, so every rank sees the same order.
+// gets its sequence number when it leaves the queue for the ranks, so every rank sees the same
+// order. Every collective carries a deadline; one that cannot start or finish by it fails then.
 import PQueue from 'p-queue';
 import { ErrorCodes, NccldError } from '../shared/errors.js';
 import type { Collective, World } from './world.js';
@@ -43,23 +44,40 @@ export class Scheduler {
   /**
    * Queues a collective; resolves with its sequence number once every rank has finished it.
    * `abandoned` is asked just before dispatch: work for a client that has gone is never started.
+   * A collective still queued at its deadline fails then and is never started.
    */
-  submit(c: Omit<Collective, 'seq'>, abandoned: () => boolean): Promise<number> {
+  submit(c: Omit<Collective, 'seq'>, deadline: number, abandoned: () => boolean): Promise<number> {
     if (this.queue.size + this.queue.pending >= this.opts.maxQueued) {
       return Promise.reject(new NccldError(ErrorCodes.BUSY, `the daemon has ${this.opts.maxQueued} collectives queued; retry later`));
     }
-    return this.queue.add(async () => {
-        if (abandoned()) throw new NccldError(ErrorCodes.CONNECTION_CLOSED, 'the client went away before its collective started');
-        const seq = this.nextSeq++;
-        try {
-          await this.world.run({ ...c, seq });
-          this.served++;
-          return seq;
-        } catch (err) {
-          this.failed++;
-          throw err;
-        }
+    let started = false;
+    let expired = false;
+    const ran = this.queue.add(async () => {
+      started = true;
+      if (expired) return 0; // already answered with TIMEOUT
+      if (abandoned()) throw new NccldError(ErrorCodes.CONNECTION_CLOSED, 'the client went away before its collective started');
+      // Waits out a rebuild (up to the deadline), so the sequence number goes to a runnable world.
+      await this.world.whenReady(deadline);
+      const seq = this.nextSeq++;
+      try {
+        await this.world.run({ ...c, seq }, deadline);
+        this.served++;
+        return seq;
+      } catch (err) {
+        this.failed++;
+        throw err;
+      }
     });
+    let timer: NodeJS.Timeout | undefined;
+    const queuedTooLong = new Promise<number>((_, reject) => {
+      timer = setTimeout(() => {
+        if (started) return; // the world enforces the deadline from here on
+        expired = true;
+        this.failed++;
+        reject(new NccldError(ErrorCodes.TIMEOUT, `the deadline passed while the collective waited in the queue (${this.queue.size} waiting, ${this.queue.pending} running)`));
+      }, Math.max(0, deadline - Date.now()));
+    });
+    return Promise.race([ran, queuedTooLong]).finally(() => clearTimeout(timer));
   }
 
   /** Resolves when nothing is queued or running. */

@@ -15,7 +15,7 @@ export interface DaemonStatus {
   version: string;
   backend: 'host' | 'nccl';
   backendNote: string | null;
-  world: { state: string; size: number; failure: string | null };
+  world: { state: string; size: number; failure: string | null; generation: number; rebuilds: number; lastBreak: string | null };
   uptimeSeconds: number;
   requests: { served: number; failed: number; waiting: number; running: number; lastSeq: number };
   clients: number;
@@ -30,7 +30,9 @@ export function formatStatus(s: DaemonStatus): string[] {
   const lines = [
     `nccld ${s.version}`,
     `backend: ${s.backend}${s.backendNote ? ` (${s.backendNote})` : ''}`,
-    `world: ${s.world.state}, ${s.world.size} rank${s.world.size === 1 ? '' : 's'}${s.world.failure ? `, failure: ${s.world.failure}` : ''}`,
+    `world: ${s.world.state}, ${s.world.size} rank${s.world.size === 1 ? '' : 's'}, generation ${s.world.generation}, ${s.world.rebuilds} rebuild${s.world.rebuilds === 1 ? '' : 's'}`,
+    ...(s.world.failure ? [`failure: ${s.world.failure}`] : []),
+    ...(s.world.lastBreak ? [`last break: ${s.world.lastBreak}`] : []),
     `uptime: ${s.uptimeSeconds}s`,
     `requests: ${s.requests.served} served, ${s.requests.failed} failed, ${s.requests.running} running, ${s.requests.waiting} waiting, last seq ${s.requests.lastSeq}`,
     `clients: ${s.clients}`,

@@ -44,6 +44,8 @@ export const ErrorCodes = {
   NOT_READY: 'NCCLD_ERR_NOT_READY',
   /** The collective missed its deadline. */
   TIMEOUT: 'NCCLD_ERR_TIMEOUT',
+  /** Cut short because the world broke under it (another rank failed); safe to retry. */
+  ABORTED: 'NCCLD_ERR_ABORTED',
   /** A device process died while the collective was in flight. */
   DEVICE_LOST: 'NCCLD_ERR_DEVICE_LOST',
   /** The world failed past its restart budget. */

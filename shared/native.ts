@@ -95,6 +95,10 @@ export interface NativeAddon {
   ): Promise<void>;
   sliceBounds(count: number, elemSize: number, rank: number, nranks: number): [number, number];
   peerCredentials(fd: number): { pid: number; uid: number; gid: number };
+  /** prctl(PR_SET_PDEATHSIG, SIGKILL); false if the parent is already gone. */
+  setParentDeathSignal(expectedParentPid: number): boolean;
+  /** One datagram to $NOTIFY_SOCKET; false when it is unset. */
+  sdNotify(state: string): boolean;
   gpu?: GpuModule;
 }
 

@@ -1,10 +1,11 @@
 // Entry of a device process: the daemon forks one per rank. It holds that rank's backend, runs
 // collectives strictly in the order the daemon sends them, and exits when the daemon goes away.
 import { createLogger, type Logger } from '../logger.js';
-import { toNccldError } from '../../shared/errors.js';
+import { ErrorCodes, NccldError, toNccldError } from '../../shared/errors.js';
+import { native } from '../../shared/native.js';
 import { HostRank } from './host-rank.js';
 import { NcclRank } from './nccl-rank.js';
-import type { FromDevice, InitMessage, ToDevice, WireError } from './messages.js';
+import type { FromDevice, InitMessage, InjectMessage, RunMessage, ToDevice, WireError } from './messages.js';
 
 /** How long a rank waits for NCCL to build a communicator before giving up. */
 const COMM_TIMEOUT_MS = 120_000;
@@ -18,8 +19,12 @@ function wire(err: unknown): WireError {
   return { code: e.code, message: e.message };
 }
 
-// The daemon's death closes our IPC channel: a device process never outlives it.
+// The daemon's death closes our IPC channel: a device process never outlives it. The kernel
+// backs this up (parent-death signal, set in init) for when our event loop is stuck.
 process.on('disconnect', () => process.exit(0));
+
+/** Fault injection (only when the daemon allows it): what the next collective does. */
+let nextFault: InjectMessage['fault'] | null = null;
 
 let log: Logger | undefined;
 let host: HostRank | undefined;
@@ -34,7 +39,12 @@ function serially(work: () => Promise<void> | void): void {
 }
 
 function init(msg: InitMessage): void {
+  if (!native.setParentDeathSignal(msg.parentPid)) process.exit(1);
   log = createLogger(msg.logLevel, { name: 'nccld-device', rank: msg.rank, device: msg.device });
+  if (msg.fault === 'crash') {
+    log.warn('injected fault: crashing at start');
+    process.kill(process.pid, 'SIGKILL');
+  }
   try {
     if (msg.backend === 'nccl') nccl = new NcclRank(msg.rank, msg.nranks, msg.device!);
     else host = new HostRank(msg.rank, msg.nranks);
@@ -53,6 +63,18 @@ function done(seq: number, work: Promise<void>): Promise<void> {
     () => send({ t: 'done', seq }),
     (err) => send({ t: 'done', seq, error: wire(err) }),
   );
+}
+
+function injectFault(msg: RunMessage): void {
+  const fault = nextFault;
+  nextFault = null;
+  log?.warn({ fault, seq: msg.seq }, 'injected fault fires');
+  if (fault === 'crash') process.kill(process.pid, 'SIGKILL');
+  if (fault === 'fail') {
+    const code = nccl ? ErrorCodes.NCCL : ErrorCodes.INTERNAL;
+    void done(msg.seq, Promise.reject(new NccldError(code, 'injected failure (fault injection)')));
+  }
+  // 'hang': never run it, never answer; the daemon's deadline finds this rank.
 }
 
 process.on('message', (raw) => {
@@ -78,8 +100,17 @@ process.on('message', (raw) => {
       );
       break;
     case 'run':
-      if (nccl) void done(msg.seq, nccl.submit(msg));
+      if (nextFault) injectFault(msg);
+      else if (nccl) void done(msg.seq, nccl.submit(msg));
       else serially(() => done(msg.seq, host!.run(msg)));
+      break;
+    case 'abort':
+      // The world broke: nothing may wait on a peer that is gone. Pending collectives reject.
+      nccl?.abortComm();
+      break;
+    case 'inject':
+      log?.warn({ fault: msg.fault }, 'fault injected for the next collective');
+      nextFault = msg.fault;
       break;
     case 'open':
       try {

@@ -14,6 +14,21 @@ export interface InitMessage {
   /** CUDA ordinal (nccl backend only). */
   device: number | null;
   logLevel: string;
+  /** The daemon's pid: the device process asks the kernel to kill it if that process dies. */
+  parentPid: number;
+  /** Fault injection: crash right after start (a crash loop, for the restart budget). */
+  fault?: 'crash';
+}
+
+/** Daemon → device: the world broke; abort the communicator so nothing waits on a dead peer. */
+export interface AbortMessage {
+  t: 'abort';
+}
+
+/** Daemon → device (fault injection only): what the next collective on this rank does. */
+export interface InjectMessage {
+  t: 'inject';
+  fault: 'crash' | 'hang' | 'fail';
 }
 
 /** Daemon → device: build the communicator of this generation from rank 0's unique id (nccl only). */
@@ -75,6 +90,8 @@ export type ToDevice =
   | ForgetMessage
   | OpenMessage
   | StatsRequest
+  | AbortMessage
+  | InjectMessage
   | StopMessage;
 
 export interface ReadyMessage {
