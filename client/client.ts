@@ -48,35 +48,65 @@ interface Pending {
 export class Client extends EventEmitter {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
-  private readonly decoder = new FrameDecoder(64 << 20);
+  private decoder = new FrameDecoder(64 << 20);
   private closedError: NccldError | null = null;
   /** What the daemon said of itself in the hello exchange. */
   server!: HelloReply;
 
-  private constructor(private readonly socket: net.Socket) {
+  private constructor(
+    private socket: net.Socket,
+    private readonly socketPath: string,
+    private readonly opts: ConnectOptions,
+  ) {
     super();
   }
 
   /** Connects and completes the hello exchange. */
-  static connect(socketPath: string = defaultSocketPath(), opts: ConnectOptions = {}): Promise<Client> {
+  static async connect(socketPath: string = defaultSocketPath(), opts: ConnectOptions = {}): Promise<Client> {
+    const client = new Client(new net.Socket(), socketPath, opts);
+    await client.open();
+    return client;
+  }
+
+  /**
+   * Connects again after the connection dropped (the daemon restarted, say). Requests pending on
+   * the old connection were already rejected with NCCLD_ERR_CONNECTION_CLOSED; none is resent.
+   */
+  async reconnect(): Promise<void> {
+    this.failPending(new NccldError(ErrorCodes.CONNECTION_CLOSED, 'the connection to nccld was replaced by reconnect()'));
+    this.socket.destroy();
+    await this.open();
+  }
+
+  private failPending(err: NccldError): void {
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) p.reject(err);
+  }
+
+  private open(): Promise<void> {
+    const { socketPath, opts } = this;
+    const timeoutMs = opts.timeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
       const socket = net.connect(socketPath);
-      const client = new Client(socket);
+      this.socket = socket;
+      this.decoder = new FrameDecoder(64 << 20);
       const timer = setTimeout(() => {
         socket.destroy();
-        reject(new NccldError(ErrorCodes.CONNECT, `no hello from nccld at ${socketPath} within ${opts.timeoutMs ?? 10_000} ms`));
-      }, opts.timeoutMs ?? 10_000);
+        reject(new NccldError(ErrorCodes.CONNECT, `no hello from nccld at ${socketPath} within ${timeoutMs} ms`));
+      }, timeoutMs);
       socket.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
         reject(new NccldError(ErrorCodes.CONNECT, `cannot reach nccld at ${socketPath}: ${err.code ?? err.message}`));
       });
       socket.once('connect', () => {
-        client.attach();
-        client.request({ type: 'hello', protocol: PROTOCOL_VERSION, ...(opts.name ? { client: opts.name } : {}) }, 0).then(
+        this.closedError = null;
+        this.attach(socket);
+        this.request({ type: 'hello', protocol: PROTOCOL_VERSION, ...(opts.name ? { client: opts.name } : {}) }, 0).then(
           (reply) => {
             clearTimeout(timer);
-            client.server = reply as unknown as HelloReply;
-            resolve(client);
+            this.server = reply as unknown as HelloReply;
+            resolve();
           },
           (err) => {
             clearTimeout(timer);
@@ -135,21 +165,21 @@ export class Client extends EventEmitter {
     });
   }
 
-  private attach(): void {
-    this.socket.on('data', (chunk) => {
+  private attach(socket: net.Socket): void {
+    socket.on('data', (chunk) => {
       try {
         for (const frame of this.decoder.push(chunk)) {
           if ('message' in frame) this.onMessage(frame.message);
         }
       } catch (err) {
-        this.socket.destroy(err as Error);
+        socket.destroy(err as Error);
       }
     });
-    this.socket.on('error', () => {}); // 'close' follows and settles everything
-    this.socket.on('close', () => {
+    socket.on('error', () => {}); // 'close' follows and settles everything
+    socket.on('close', () => {
+      if (socket !== this.socket) return; // an old connection, replaced by reconnect()
       this.closedError = new NccldError(ErrorCodes.CONNECTION_CLOSED, 'the connection to nccld closed');
-      for (const p of this.pending.values()) p.reject(this.closedError);
-      this.pending.clear();
+      this.failPending(this.closedError);
       this.emit('close');
     });
   }

@@ -7,6 +7,13 @@ import type { DaemonStatus } from './status.js';
 import { formatStatus } from './status.js';
 
 const MAX_LINE_BYTES = 4096;
+/**
+ * `echo status | nc -U` with OpenBSD's nc never half-closes its side: it waits for us to close.
+ * So a connection is one-shot: once every reply is out and nothing more came for this long, we
+ * close it. `keepalive` turns that into a long idle limit for people typing commands.
+ */
+const ONE_SHOT_IDLE_MS = 300;
+const INTERACTIVE_IDLE_MS = 10 * 60_000;
 
 export interface DebugCommands {
   status(): DaemonStatus;
@@ -24,10 +31,19 @@ const HELP = [
   '  status   backend, world state and size, each rank (pid, device, state), requests served',
   '  buffers  per rank: client buffers mapped now, CUDA IPC handles opened and closed',
   '  rebuild  rebuild the world now; also brings a failed world back, with a fresh restart budget',
+  '  keepalive  keep this connection open for more commands (it closes 10 minutes idle)',
+  '  quit     close this connection',
   '  inject <rank> crash|hang|fail|crash-loop|clear',
   '           fault injection (needs --enable-fault-injection): the next collective on that rank',
   '           crashes, never finishes, or fails; crash-loop makes every restart of it crash',
 ];
+
+/** One debug connection's mode: one-shot (the default) or interactive, and whether it asked to quit. */
+interface Session {
+  interactive: boolean;
+  quitting: boolean;
+  armIdle: () => void;
+}
 
 export class DebugServer {
   private readonly server: net.Server;
@@ -60,9 +76,18 @@ export class DebugServer {
     socket.on('error', () => {});
     let buffered = '';
     let discarding = false;
+    let idle: NodeJS.Timeout | undefined;
+    const session: Session = { interactive: false, quitting: false, armIdle: () => {} };
+    session.armIdle = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => socket.end(), session.interactive ? INTERACTIVE_IDLE_MS : ONE_SHOT_IDLE_MS);
+    };
+    this.sessions.set(socket, session);
+    socket.on('close', () => clearTimeout(idle));
     socket.setEncoding('utf8');
     const tooLong = `ERROR: line longer than ${MAX_LINE_BYTES} bytes\n`;
     socket.on('data', (chunk: string) => {
+      clearTimeout(idle);
       buffered += chunk;
       let nl: number;
       while ((nl = buffered.indexOf('\n')) >= 0) {
@@ -92,27 +117,37 @@ export class DebugServer {
 
   // Replies go out in the order commands came, even when one must ask the device processes.
   private readonly replies = new WeakMap<net.Socket, Promise<void>>();
+  private readonly sessions = new WeakMap<net.Socket, Session>();
 
   private reply(socket: net.Socket, line: string): void {
     if (line === '') return;
     const [command, ...args] = line.split(/\s+/);
     this.log.debug({ command, args }, 'debug command');
-    const answer = this.run(command.toLowerCase(), args).then(
+    const session = this.sessions.get(socket)!;
+    const answer = this.run(command.toLowerCase(), args, session).then(
       (out) => [...out, 'OK'],
       (err: Error) => [`ERROR: ${err.message}`],
     );
     const before = this.replies.get(socket) ?? Promise.resolve();
-    this.replies.set(
-      socket,
-      before.then(async () => {
-        const out = await answer;
-        if (socket.writable) socket.write(out.join('\n') + '\n');
-      }),
-    );
+    const done: Promise<void> = before.then(async () => {
+      const out = await answer;
+      if (socket.writable) socket.write(out.join('\n') + '\n');
+      if (session.quitting) socket.end();
+      // The last reply of a burst is out: a one-shot client gets its close soon.
+      else if (this.replies.get(socket) === done) session.armIdle();
+    });
+    this.replies.set(socket, done);
   }
 
-  private async run(command: string, args: string[]): Promise<string[]> {
+  private async run(command: string, args: string[], session: Session): Promise<string[]> {
     switch (command) {
+      case 'keepalive':
+        session.interactive = true;
+        return [`this connection stays open until quit, or ${INTERACTIVE_IDLE_MS / 60_000} minutes idle`];
+      case 'quit':
+      case 'exit':
+        session.quitting = true;
+        return [];
       case 'help':
         return [...HELP];
       case 'status':

@@ -15,7 +15,7 @@ function fromWire(e: WireError, rank: number): NccldError {
 
 const DEVICE_ENTRY = fileURLToPath(new URL('./device/main.js', import.meta.url));
 
-export type RankState = 'starting' | 'ready' | 'stopping' | 'exited';
+export type RankState = 'starting' | 'ready' | 'killing' | 'stopping' | 'exited';
 
 export interface RankOptions {
   rank: number;
@@ -96,6 +96,8 @@ export class RankProcess extends EventEmitter {
   kill(): Promise<void> {
     const child = this.child;
     if (!child || this.state === 'exited') return Promise.resolve();
+    // Not 'ready' from this moment: a rebuild must wait for this process to be gone.
+    this.state = 'killing';
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.kill('SIGKILL');
     return exited;
@@ -208,7 +210,7 @@ export class RankProcess extends EventEmitter {
   }
 
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
-    const expected = this.state === 'stopping';
+    const expected = this.state === 'stopping' || this.state === 'killing';
     this.state = 'exited';
     const why = `device process of rank ${this.rank} (pid ${this.pid}) exited (code ${code}, signal ${signal})`;
     if (expected) this.log.info({ code, signal }, 'device process exited');

@@ -2,9 +2,8 @@
 // unmap every segment it had them map (seen in /proc/<pid>/maps, not taken on trust).
 import t from 'tap';
 import { readFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { connect } from '../dist/client/index.js';
-import { devicePids, startDaemon } from './helpers/daemon.js';
+import { devicePids, startDaemon, until } from './helpers/daemon.js';
 import { allocFilled, checkedAllReduce } from './helpers/buffers.js';
 
 function mappedNames(pid: number, names: string[]): string[] {
@@ -12,13 +11,6 @@ function mappedNames(pid: number, names: string[]): string[] {
   return names.filter((n) => maps.includes(`/dev/shm/${n}`));
 }
 
-async function until(what: string, cond: () => boolean, ms = 15_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 t.test('a client that vanishes mid-request', async (t) => {
   const d = await startDaemon(['--backend', 'host', '--ranks', '3']);

@@ -7,7 +7,8 @@ import { native } from '../dist/shared/native.js';
 import { DTYPES } from '../dist/shared/dtypes.js';
 import { HostBuffer } from '../dist/client/host-buffer.js';
 import { compare, fromNumbers, randomInputs, reference, toNumbers } from '../dist/client/verify.js';
-import { debugCommand, startDaemon } from './helpers/daemon.js';
+import { performance } from 'node:perf_hooks';
+import { debugCommand, startDaemon, until } from './helpers/daemon.js';
 
 const probe = native.gpu?.probe();
 const skip = !probe?.available ? `no GPU backend here: ${probe?.reason ?? 'no GPU support in this build'}` : false;
@@ -21,7 +22,7 @@ async function bufferStats(debugSocket: string): Promise<Record<string, number>[
     .map((l) => Object.fromEntries(l.replace(/^rank \d+: /, '').split(', ').map((kv) => [kv.split(' ')[0], Number(kv.split(' ')[1])])));
 }
 
-async function gpuRun(client: Client, dtype: DType, op: ReduceOp, count: number, seed: number, keep = false) {
+async function gpuRun(client: Client, dtype: DType, op: ReduceOp, count: number, seed: number, keep = false, timeoutMs?: number) {
   const n = client.worldSize;
   const bytes = Math.max(1, count * DTYPES[dtype].bytes);
   const inputs = randomInputs(dtype, op, n, count, seed);
@@ -32,7 +33,10 @@ async function gpuRun(client: Client, dtype: DType, op: ReduceOp, count: number,
     b.write(staging);
     return b;
   });
-  const { seq } = await client.allReduce({ buffers, dtype, op, count });
+  const { seq } = await client.allReduce({ buffers, dtype, op, count, ...(timeoutMs ? { timeoutMs } : {}) }).catch(async (e) => {
+    for (const b of buffers) await b.free();
+    throw e;
+  });
   const ref = reference(inputs, dtype, op);
   let mismatches = 0;
   const first: unknown[] = [];
@@ -120,6 +124,51 @@ t.test('nccl backend', { skip }, async (t) => {
       code: 'NCCLD_ERR_BUFFER_TOO_SMALL',
     });
   });
+});
+
+t.test('nccl backend faults: a killed device process, a hung rank', { skip }, async (t) => {
+  const d = await startDaemon(['--backend', 'nccl', '--enable-fault-injection', '--timeout-ms', '10000'], { timeoutMs: 120_000 });
+  t.teardown(() => d.stop());
+  const client = await connect(d.socket);
+  t.teardown(() => client.close());
+  const pids = (await debugCommand(d.debugSocket, 'status')).split('\n').flatMap((l) => /^(\d+)\s+(\d+)\s/.exec(l)?.[2] ?? []).map(Number);
+  // Pipelined load on kept buffers, then kill rank 0's process in the middle of it.
+  const keep = await Promise.all(Array.from({ length: 8 }, (_, i) => gpuRun(client, 'f32', 'sum', 1 << 20, 500 + i, true)));
+  let stop = false;
+  let killedAt = 0;
+  const codes: Record<string, number> = {};
+  let okAfter = 0;
+  let firstOkAfter = 0;
+  const loops = keep.map(async (run) => {
+    while (!stop) {
+      try {
+        await client.allReduce({ buffers: run.buffers, dtype: 'f32', op: 'sum', count: 1 << 20 });
+        if (killedAt && codes.NCCLD_ERR_DEVICE_LOST) {
+          okAfter++;
+          firstOkAfter ||= performance.now();
+        }
+      } catch (e) {
+        const code = (e as { code: string }).code;
+        codes[code] = (codes[code] ?? 0) + 1;
+      }
+    }
+  });
+  await new Promise((r) => setTimeout(r, 300));
+  killedAt = performance.now();
+  process.kill(pids[0], 'SIGKILL');
+  await until('requests to succeed on the rebuilt world', () => okAfter >= 20, 60_000);
+  stop = true;
+  await Promise.all(loops);
+  t.ok(Object.keys(codes).every((c) => ['NCCLD_ERR_DEVICE_LOST', 'NCCLD_ERR_ABORTED', 'NCCLD_ERR_NCCL'].includes(c)), `failures: ${JSON.stringify(codes)}`);
+  t.comment(`figure (GPU): kill -9 of a device process to the first successful AllReduce on the rebuilt NCCL world: ${(firstOkAfter - killedAt).toFixed(0)} ms`);
+  t.match(await debugCommand(d.debugSocket, 'status'), /world: ready, \d+ ranks?, generation 2/);
+  for (const r of keep) for (const b of r.buffers) await b.free();
+
+  await debugCommand(d.debugSocket, 'inject 0 hang');
+  const t0 = performance.now();
+  await t.rejects(gpuRun(client, 'f32', 'sum', 1024, 77, false, 2000), { code: 'NCCLD_ERR_TIMEOUT', message: /rank 0 had not finished/ });
+  t.comment(`figure (GPU): hung rank to its timeout error: ${(performance.now() - t0).toFixed(0)} ms (deadline 2000 ms)`);
+  t.equal((await gpuRun(client, 'f32', 'sum', 1024, 78)).mismatches, 0, 'serving again after the rebuild');
 });
 
 t.test('the GPU stack is probed without a crash and says why when it is missing', async (t) => {

@@ -5,17 +5,9 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { connect } from '../dist/client/index.js';
-import { NCCLD, debugCommand, devicePids, startDaemon } from './helpers/daemon.js';
+import { NCCLD, alive, debugCommand, devicePids, startDaemon } from './helpers/daemon.js';
 import { allocFilled, check } from './helpers/buffers.js';
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 t.test('status on the debug socket lists every rank with its pid', async (t) => {
   const d = await startDaemon(['--backend', 'host', '--ranks', '4']);

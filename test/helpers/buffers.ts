@@ -31,10 +31,17 @@ export function check(buffers: HostBuffer[], inputs: Float64Array[], dtype: DTyp
   return { mismatches, first };
 }
 
-export async function checkedAllReduce(client: Client, dtype: DType, op: ReduceOp, count: number, seed: number): Promise<CheckedRun> {
+export async function checkedAllReduce(
+  client: Client,
+  dtype: DType,
+  op: ReduceOp,
+  count: number,
+  seed: number,
+  opts: { timeoutMs?: number } = {},
+): Promise<CheckedRun> {
   const { inputs, buffers } = allocFilled(client.worldSize, dtype, op, count, seed);
   try {
-    const { seq } = await client.allReduce({ buffers, dtype, op, count });
+    const { seq } = await client.allReduce({ buffers, dtype, op, count, ...opts });
     return { ...check(buffers, inputs, dtype, op, count), seq };
   } finally {
     for (const b of buffers) b.free();

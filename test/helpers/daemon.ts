@@ -1,7 +1,7 @@
 // Starts a real nccld process for a test, on private socket paths, and waits for its
 // "nccld serving" log line: the daemon says it only once every rank has reported ready.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -119,4 +119,23 @@ export async function devicePids(debugSocket: string): Promise<number[]> {
     if (m) pids.push(Number(m[2]));
   }
   return pids;
+}
+
+/** Whether a process still runs: a zombie (dead, not yet reaped by an init that never reaps) does not. */
+export function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Polls until `cond` holds; throws after `ms`. */
+export async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }

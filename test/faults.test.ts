@@ -1,0 +1,137 @@
+// Faults for real: device processes killed with SIGKILL, ranks made to hang or crash in a loop,
+// the daemon itself killed. Every request ends in a result or an error, within its deadline, and
+// the world heals itself.
+import t from 'tap';
+import { performance } from 'node:perf_hooks';
+import { connect } from '../dist/client/index.js';
+import { alive, debugCommand, devicePids, startDaemon, until } from './helpers/daemon.js';
+import { checkedAllReduce } from './helpers/buffers.js';
+import { runLoad } from './helpers/load.js';
+
+const worldState = async (debugSocket: string) => /world: (\w+)/.exec(await debugCommand(debugSocket, 'status'))?.[1];
+
+t.test('kill -9 of a device process under load from 4 clients', async (t) => {
+  const timeoutMs = 5000;
+  const d = await startDaemon(['--backend', 'host', '--ranks', '4', '--timeout-ms', String(timeoutMs)]);
+  t.teardown(() => d.stop());
+  const before = await devicePids(d.debugSocket);
+  let killedAt = 0;
+  const load = runLoad(d.socket, { clients: 4, inFlight: 4, count: 20_000, durationMs: 3000, timeoutMs });
+  setTimeout(() => {
+    killedAt = performance.now();
+    process.kill(before[2], 'SIGKILL');
+  }, 800);
+  const r = await load;
+  t.equal(r.answered, r.sent, `every request was answered: ${r.sent} sent, ${r.ok} ok, errors ${JSON.stringify(r.errors)}`);
+  t.equal(r.wrong, 0, 'every successful result is correct');
+  t.ok(r.ok > 0);
+  t.ok(Object.keys(r.errors).every((c) => ['NCCLD_ERR_DEVICE_LOST', 'NCCLD_ERR_ABORTED'].includes(c)), 'failures say the device was lost');
+  t.ok((r.errors.NCCLD_ERR_DEVICE_LOST ?? 0) >= 1, 'the collective in flight on the dead rank failed with DEVICE_LOST');
+  t.ok(r.slowest < timeoutMs + 1000, `no request outlived its deadline (slowest ${r.slowest.toFixed(0)} ms)`);
+  // Successes that end after the failure was reported ran on the rebuilt world.
+  const failedAt = r.failures.find((f) => f > killedAt)!;
+  const firstAfter = r.successes.find((s) => s > failedAt);
+  t.ok(firstAfter, 'requests succeeded after the kill');
+  t.comment(
+    `figure: kill -9 to the failure of the collective in flight: ${(failedAt - killedAt).toFixed(1)} ms; ` +
+      `to the first successful AllReduce on the rebuilt world: ${(firstAfter! - killedAt).toFixed(1)} ms (host backend, 4 ranks)`,
+  );
+  const after = await devicePids(d.debugSocket);
+  t.equal(after.length, 4);
+  t.not(after[2], before[2], 'rank 2 runs in a new process');
+  t.same([after[0], after[1], after[3]], [before[0], before[1], before[3]], 'the other ranks were kept');
+  const status = await debugCommand(d.debugSocket, 'status');
+  t.match(status, /world: ready, 4 ranks, generation 2, 1 rebuild/);
+  t.match(status, /last break: device process of rank 2 \(pid \d+\) died/);
+});
+
+t.test('a hung rank: NCCLD_ERR_TIMEOUT naming it, within the deadline, then the world heals', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '3', '--enable-fault-injection']);
+  t.teardown(() => d.stop());
+  const client = await connect(d.socket);
+  t.teardown(() => client.close());
+  const hungPid = (await devicePids(d.debugSocket))[1];
+  t.match(await debugCommand(d.debugSocket, 'inject 1 hang'), /rank 1: the next collective will hang\nOK/);
+  const t0 = performance.now();
+  const err = await client.allReduce({ buffers: [], dtype: 'f32', op: 'sum', count: 0, timeoutMs: 1500 }).catch((e) => e);
+  t.equal(err.code, 'NCCLD_ERR_BAD_REQUEST', 'bad requests are still refused before they reach a rank');
+  const res = await checkedAllReduce(client, 'f32', 'sum', 1000, 1, { timeoutMs: 1500 }).catch((e) => e);
+  const elapsed = performance.now() - t0;
+  t.match(res, { code: 'NCCLD_ERR_TIMEOUT', message: /missed its deadline: rank 1 had not finished/, details: { ranks: [1] } });
+  t.ok(elapsed >= 1400 && elapsed < 2500, `failed at its deadline (${elapsed.toFixed(0)} ms for a 1500 ms deadline)`);
+  t.comment(`figure: hung rank to its timeout error: ${elapsed.toFixed(0)} ms (deadline 1500 ms)`);
+  const ok = await checkedAllReduce(client, 'f32', 'sum', 1000, 2);
+  t.equal(ok.mismatches, 0, 'the world serves again');
+  t.notOk(alive(hungPid), 'the hung process was killed');
+  t.not((await devicePids(d.debugSocket))[1], hungPid, 'and replaced');
+});
+
+t.test('a crash loop spends the restart budget; status explains; rebuild recovers', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2', '--enable-fault-injection', '--restart-limit', '3', '--timeout-ms', '3000']);
+  t.teardown(() => d.stop());
+  const client = await connect(d.socket);
+  t.teardown(() => client.close());
+  t.match(await debugCommand(d.debugSocket, 'inject 0 crash-loop'), /every restart/);
+  await t.rejects(checkedAllReduce(client, 'f32', 'sum', 100, 1), { code: 'NCCLD_ERR_DEVICE_LOST' });
+  await until('the world to fail', async () => (await worldState(d.debugSocket)) === 'failed');
+  await t.rejects(checkedAllReduce(client, 'f32', 'sum', 100, 2), {
+    code: 'NCCLD_ERR_WORLD_FAILED',
+    message: /restart budget spent \(3 rebuilds in 60000 ms\)/,
+  });
+  const status = await debugCommand(d.debugSocket, 'status');
+  t.match(status, /world: failed/);
+  t.match(status, /failure: restart budget spent/);
+  t.match(await debugCommand(d.debugSocket, 'rebuild'), /world failed/, 'rebuild while the fault is still there fails again');
+  t.match(await debugCommand(d.debugSocket, 'inject 0 clear', 'rebuild'), /no fault at its next start\nOK\nworld ready, generation \d+\nOK/);
+  t.equal((await checkedAllReduce(client, 'f32', 'sum', 100, 3)).mismatches, 0, 'serving again');
+});
+
+t.test('an injected failure fails that collective only', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2', '--enable-fault-injection']);
+  t.teardown(() => d.stop());
+  const client = await connect(d.socket);
+  t.teardown(() => client.close());
+  await debugCommand(d.debugSocket, 'inject 1 fail');
+  await t.rejects(checkedAllReduce(client, 'f32', 'sum', 100, 1), { message: /rank 1: injected failure/ });
+  t.equal((await checkedAllReduce(client, 'f32', 'sum', 100, 2)).mismatches, 0);
+  t.match(await debugCommand(d.debugSocket, 'status'), /generation 1, 0 rebuilds/, 'no rebuild was needed');
+});
+
+t.test('fault injection is off unless asked for', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '1']);
+  t.teardown(() => d.stop());
+  t.match(await debugCommand(d.debugSocket, 'inject 0 crash'), /^ERROR: fault injection is off/);
+});
+
+t.test('SIGKILL of the daemon: no device process outlives it, hung ones included', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '3', '--enable-fault-injection']);
+  const pids = await devicePids(d.debugSocket);
+  await debugCommand(d.debugSocket, 'inject 0 hang');
+  const client = await connect(d.socket);
+  const pending = client.allReduce({ buffers: [], dtype: 'f32', op: 'sum', count: 1 }).catch((e) => e);
+  const hanging = checkedAllReduce(client, 'f32', 'sum', 100, 1).catch((e) => e);
+  await new Promise((r) => setTimeout(r, 200));
+  const t0 = performance.now();
+  d.proc.kill('SIGKILL');
+  await until('every device process to be gone', () => pids.every((p) => !alive(p)), 5000);
+  t.pass(`all ${pids.length} device processes gone ${(performance.now() - t0).toFixed(0)} ms after the daemon's SIGKILL`);
+  t.match(await hanging, { code: 'NCCLD_ERR_CONNECTION_CLOSED' }, 'the SDK rejected the pending request');
+  await pending;
+  await d.stop();
+});
+
+t.test('the SDK reconnects to a daemon that came back', async (t) => {
+  const d1 = await startDaemon(['--backend', 'host', '--ranks', '2']);
+  const client = await connect(d1.socket);
+  t.equal((await checkedAllReduce(client, 'f32', 'sum', 100, 1)).mismatches, 0);
+  const closed = new Promise((r) => client.once('close', r));
+  d1.proc.kill('SIGKILL');
+  await closed;
+  await t.rejects(client.allReduce({ buffers: [], dtype: 'f32', op: 'sum', count: 1 }), { code: 'NCCLD_ERR_CONNECTION_CLOSED' });
+  const d2 = await startDaemon(['--backend', 'host', '--ranks', '2'], { paths: { socket: d1.socket, debugSocket: d1.debugSocket } });
+  t.teardown(() => d2.stop());
+  await client.reconnect();
+  t.equal((await checkedAllReduce(client, 'f32', 'sum', 100, 2)).mismatches, 0, 'the same Client works again');
+  await client.close();
+  await d1.stop();
+});
