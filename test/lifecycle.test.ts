@@ -130,3 +130,29 @@ t.test('--backend nccl without a GPU fails with the reason and a non-zero exit',
   t.equal(r.status, 1);
   t.match(r.stdout, /nccl backend is unavailable/);
 });
+
+t.test('the debug socket closes a one-shot connection that never half-closes (OpenBSD nc), and keeps an interactive one', async (t) => {
+  const net = await import('node:net');
+  const d = await startDaemon(['--backend', 'host', '--ranks', '1']);
+  t.teardown(() => d.stop());
+  const session = (lines: string[], gapMs: number) =>
+    new Promise<{ out: string; ms: number }>((resolve) => {
+      const t0 = Date.now();
+      const s = net.connect(d.debugSocket);
+      let out = '';
+      s.setEncoding('utf8');
+      s.on('data', (c: string) => (out += c));
+      s.on('close', () => resolve({ out, ms: Date.now() - t0 }));
+      s.on('connect', async () => {
+        for (const l of lines) {
+          s.write(`${l}\n`); // never s.end(): like nc without -N
+          await new Promise((r) => setTimeout(r, gapMs));
+        }
+      });
+    });
+  const oneShot = await session(['status'], 0);
+  t.match(oneShot.out, /world: ready[\s\S]*OK\n$/);
+  t.ok(oneShot.ms < 3000, `closed by the daemon after the reply (${oneShot.ms} ms)`);
+  const interactive = await session(['keepalive', 'help', 'status', 'quit'], 700);
+  t.match(interactive.out, /stays open until quit[\s\S]*commands:[\s\S]*world: ready[\s\S]*OK\nOK\n$/, 'commands 700 ms apart all answered');
+});
