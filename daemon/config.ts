@@ -1,5 +1,7 @@
-// The daemon's settings from its command line, each checked, with a message that names the
-// setting when it is wrong.
+// The daemon's settings. One table says what each setting is; its value comes from the command
+// line, else the environment (NCCLD_<NAME>), else the config file, else the default. Every value
+// is checked, and a bad one stops start-up with a message naming the setting and where it came from.
+import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { DEFAULT_MAX_FRAME_BYTES } from '../shared/framing.js';
 import { defaultDebugSocketPath, defaultSocketPath } from '../shared/paths.js';
@@ -27,50 +29,133 @@ export interface Config {
   restartWindowMs: number;
   /** Lets the debug socket make ranks crash, hang or fail (tests and drills only). */
   faultInjection: boolean;
+  /** The config file read, if any. */
+  configFile: string | null;
 }
 
 export class ConfigError extends Error {}
+
+export const DEFAULT_CONFIG_FILE = '/etc/nccld/nccld.json';
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
+type Kind = { int: [number, number] } | { oneOf: string[] } | 'string' | 'bool' | 'mode' | 'devices';
+
+interface Setting {
+  /** Flag name; the env var is NCCLD_ + this in upper snake case, the config key its camelCase. */
+  flag: string;
+  key: keyof Config;
+  kind: Kind;
+  help: string;
+  /** Shown in --help. */
+  shownDefault: string;
+}
+
+export const SETTINGS: Setting[] = [
+  { flag: 'backend', key: 'backend', kind: { oneOf: ['auto', 'host', 'nccl'] }, shownDefault: 'auto', help: 'auto picks nccl where GPUs and NCCL are usable, else host' },
+  { flag: 'ranks', key: 'ranks', kind: { int: [1, 1024] }, shownDefault: '2', help: 'world size on the host backend' },
+  { flag: 'devices', key: 'devices', kind: 'devices', shownDefault: 'every visible GPU', help: 'GPUs for the nccl backend, e.g. 0,1,2,3' },
+  { flag: 'socket', key: 'socket', kind: 'string', shownDefault: 'nccld.sock in /run/nccld (root), $XDG_RUNTIME_DIR/nccld or /tmp/nccld-<uid>', help: 'API socket path' },
+  { flag: 'debug-socket', key: 'debugSocket', kind: 'string', shownDefault: 'debug.sock beside the API socket', help: 'debug socket path' },
+  { flag: 'socket-mode', key: 'socketMode', kind: 'mode', shownDefault: '660', help: 'octal mode of an API socket nccld creates itself' },
+  { flag: 'max-in-flight', key: 'maxInFlight', kind: { int: [1, 1_000_000] }, shownDefault: '1024', help: 'requests one client may have in flight' },
+  { flag: 'max-queued', key: 'maxQueued', kind: { int: [1, 10_000_000] }, shownDefault: '65536', help: 'collectives queued in the whole daemon' },
+  { flag: 'max-frame-bytes', key: 'maxFrameBytes', kind: { int: [1024, 64 << 20] }, shownDefault: String(DEFAULT_MAX_FRAME_BYTES), help: 'largest protocol frame accepted' },
+  { flag: 'log-level', key: 'logLevel', kind: { oneOf: LOG_LEVELS }, shownDefault: 'info', help: 'pino log level' },
+  { flag: 'timeout-ms', key: 'timeoutMs', kind: { int: [100, 86_400_000] }, shownDefault: '30000', help: 'deadline of a collective that names none' },
+  { flag: 'max-timeout-ms', key: 'maxTimeoutMs', kind: { int: [100, 86_400_000] }, shownDefault: '600000', help: 'longest deadline a request may ask for' },
+  { flag: 'restart-limit', key: 'restartLimit', kind: { int: [0, 1000] }, shownDefault: '5', help: 'world rebuilds allowed within the window before the world is failed' },
+  { flag: 'restart-window-ms', key: 'restartWindowMs', kind: { int: [1000, 86_400_000] }, shownDefault: '60000', help: 'that window' },
+  { flag: 'enable-fault-injection', key: 'faultInjection', kind: 'bool', shownDefault: 'off', help: "let the debug socket's 'inject' make ranks crash, hang or fail" },
+];
+
+const DEFAULTS = {
+  backend: 'auto',
+  ranks: 2,
+  devices: null,
+  socketMode: 0o660,
+  debugSocketMode: 0o600,
+  maxInFlight: 1024,
+  maxQueued: 65536,
+  maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+  logLevel: 'info',
+  timeoutMs: 30_000,
+  maxTimeoutMs: 600_000,
+  restartLimit: 5,
+  restartWindowMs: 60_000,
+  faultInjection: false,
+} satisfies Partial<Config>;
+
+export const envName = (flag: string) => `NCCLD_${flag.toUpperCase().replace(/-/g, '_')}`;
 
 export const USAGE = `Usage: nccld [options]
 
 A per-host daemon that owns GPU collective communication.
 
-Options:
-  --backend auto|host|nccl   auto (default) picks nccl where GPUs and NCCL are usable, else host
-  --ranks N                  world size on the host backend (default 2)
-  --devices 0,1,...          GPUs for the nccl backend (default: every visible GPU)
-  --socket PATH              API socket (default ${defaultSocketPath()})
-  --debug-socket PATH        debug socket (default ${defaultDebugSocketPath()})
-  --socket-mode MODE         octal mode of the API socket (default 660)
-  --max-in-flight N          requests one client may have in flight (default 1024)
-  --max-queued N             collectives queued in the whole daemon (default 65536)
-  --max-frame-bytes N        largest protocol frame accepted (default ${DEFAULT_MAX_FRAME_BYTES})
-  --log-level LEVEL          trace, debug, info, warn, error, fatal (default info)
-  --timeout-ms N             deadline of a collective that names none (default 30000)
-  --max-timeout-ms N         longest deadline a request may ask for (default 600000)
-  --restart-limit N          world rebuilds allowed within the window before it is failed (default 5)
-  --restart-window-ms N      that window (default 60000)
-  --enable-fault-injection   let the debug socket's 'inject' make ranks crash, hang or fail
-  --help                     this text
-  --version                  the version
+Options (each also NCCLD_<NAME> in the environment, or its camelCase key in the config file):
+${SETTINGS.map((s) => `  --${s.flag}${s.kind === 'bool' ? '' : ' VALUE'}`.padEnd(34) + `${s.help} (default ${s.shownDefault})`).join('\n')}
+  --config PATH                   JSON config file (default ${DEFAULT_CONFIG_FILE} if it exists; NCCLD_CONFIG)
+  --help                          this text
+  --version                       the version
 
-Environment: NCCLD_SOCKET and NCCLD_DEBUG_SOCKET change the default socket paths.`;
+Precedence: command line, then environment, then config file, then defaults.`;
 
-const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+/** A raw value and where it came from, for messages that name both. */
+interface Raw {
+  value: unknown;
+  from: string;
+}
 
-function int(name: string, value: string | undefined, fallback: number, min: number, max: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
-    throw new ConfigError(`--${name} must be an integer from ${min} to ${max}, not "${value}"`);
+function check(s: Setting, raw: Raw): unknown {
+  const { value, from } = raw;
+  const bad = (what: string) => new ConfigError(`${from}: ${what}, not ${JSON.stringify(value)}`);
+  const kind = s.kind;
+  if (kind === 'bool') {
+    if (typeof value === 'boolean') return value;
+    if (value === 'true' || value === '1' || value === 'yes') return true;
+    if (value === 'false' || value === '0' || value === 'no' || value === '') return false;
+    throw bad('must be true or false');
   }
+  if (kind === 'string') {
+    if (typeof value !== 'string' || value === '') throw bad('must be a non-empty string');
+    return value;
+  }
+  if (kind === 'mode') {
+    const text = typeof value === 'number' ? value.toString(8) : value;
+    if (typeof text !== 'string' || !/^0?[0-7]{3}$/.test(text)) throw bad('must be an octal mode such as 660');
+    return parseInt(text, 8);
+  }
+  if (kind === 'devices') {
+    const list = Array.isArray(value) ? value : typeof value === 'string' ? value.split(',').map((d) => d.trim()) : null;
+    const nums = list?.map((d) => (typeof d === 'number' ? d : /^\d+$/.test(String(d)) ? Number(d) : NaN));
+    if (!nums || nums.length === 0 || nums.some((n) => !Number.isSafeInteger(n) || n < 0 || n > 1023)) {
+      throw bad('must list GPU ordinals, e.g. 0,1,2,3');
+    }
+    if (new Set(nums).size !== nums.length) throw bad('names a GPU twice');
+    return nums;
+  }
+  if ('oneOf' in kind) {
+    if (typeof value !== 'string' || !kind.oneOf.includes(value)) throw bad(`must be one of ${kind.oneOf.join(', ')}`);
+    return value;
+  }
+  const [min, max] = kind.int;
+  const n = typeof value === 'number' ? value : typeof value === 'string' && /^\d+$/.test(value.trim()) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw bad(`must be an integer from ${min} to ${max}`);
   return n;
 }
 
-function mode(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (!/^[0-7]{3,4}$/.test(value)) throw new ConfigError(`--${name} must be an octal mode such as 660, not "${value}"`);
-  return parseInt(value, 8);
+function readConfigFile(file: string): Record<string, unknown> {
+  let data: unknown;
+  try {
+    data = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(`config file ${file}: ${(err as Error).message}`);
+  }
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new ConfigError(`config file ${file}: must hold a JSON object`);
+  const known = new Set(SETTINGS.map((s) => s.key as string));
+  for (const key of Object.keys(data)) {
+    if (!known.has(key)) throw new ConfigError(`config file ${file}: unknown setting "${key}"; known: ${[...known].join(', ')}`);
+  }
+  return data as Record<string, unknown>;
 }
 
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): Config | 'help' | 'version' {
@@ -81,21 +166,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
       strict: true,
       allowPositionals: false,
       options: {
-        backend: { type: 'string' },
-        ranks: { type: 'string' },
-        devices: { type: 'string' },
-        socket: { type: 'string' },
-        'debug-socket': { type: 'string' },
-        'socket-mode': { type: 'string' },
-        'max-in-flight': { type: 'string' },
-        'max-queued': { type: 'string' },
-        'max-frame-bytes': { type: 'string' },
-        'log-level': { type: 'string' },
-        'timeout-ms': { type: 'string' },
-        'max-timeout-ms': { type: 'string' },
-        'restart-limit': { type: 'string' },
-        'restart-window-ms': { type: 'string' },
-        'enable-fault-injection': { type: 'boolean' },
+        ...Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: s.kind === 'bool' ? ('boolean' as const) : ('string' as const) }])),
+        config: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -103,38 +175,32 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   } catch (err) {
     throw new ConfigError((err as Error).message);
   }
-  const v = parsed.values;
-  if (v.help) return 'help';
-  if (v.version) return 'version';
-  const backend = v.backend ?? 'auto';
-  if (backend !== 'auto' && backend !== 'host' && backend !== 'nccl') {
-    throw new ConfigError(`--backend must be auto, host or nccl, not "${backend}"`);
+  const flags = parsed.values as Record<string, string | boolean | undefined>;
+  if (flags.help) return 'help';
+  if (flags.version) return 'version';
+
+  const explicitFile = (flags.config as string | undefined) ?? env.NCCLD_CONFIG;
+  if (explicitFile !== undefined && !existsSync(explicitFile)) throw new ConfigError(`config file ${explicitFile} does not exist`);
+  const configFile = explicitFile ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : null);
+  const file = configFile ? readConfigFile(configFile) : {};
+
+  const out: Record<string, unknown> = { ...DEFAULTS, configFile };
+  for (const s of SETTINGS) {
+    const raw: Raw | undefined =
+      flags[s.flag] !== undefined
+        ? { value: flags[s.flag], from: `--${s.flag}` }
+        : env[envName(s.flag)] !== undefined
+          ? { value: env[envName(s.flag)], from: envName(s.flag) }
+          : file[s.key] !== undefined
+            ? { value: file[s.key], from: `${s.key} in ${configFile}` }
+            : undefined;
+    if (raw) out[s.key] = check(s, raw);
   }
-  let devices: number[] | null = null;
-  if (v.devices !== undefined) {
-    devices = v.devices.split(',').map((d) => int('devices', d.trim(), 0, 0, 1023));
-    if (new Set(devices).size !== devices.length) throw new ConfigError(`--devices names a GPU twice: "${v.devices}"`);
+  out.socket ??= defaultSocketPath(env);
+  out.debugSocket ??= defaultDebugSocketPath(env);
+  const cfg = out as unknown as Config;
+  if (cfg.timeoutMs > cfg.maxTimeoutMs) {
+    throw new ConfigError(`timeout-ms (${cfg.timeoutMs}) must not be over max-timeout-ms (${cfg.maxTimeoutMs})`);
   }
-  const logLevel = v['log-level'] ?? 'info';
-  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, not "${logLevel}"`);
-  const maxTimeoutMs = int('max-timeout-ms', v['max-timeout-ms'], 600_000, 100, 86_400_000);
-  const timeoutMs = int('timeout-ms', v['timeout-ms'], Math.min(30_000, maxTimeoutMs), 100, maxTimeoutMs);
-  return {
-    backend,
-    ranks: int('ranks', v.ranks, 2, 1, 1024),
-    devices,
-    socket: v.socket ?? defaultSocketPath(env),
-    debugSocket: v['debug-socket'] ?? defaultDebugSocketPath(env),
-    socketMode: mode('socket-mode', v['socket-mode'], 0o660),
-    debugSocketMode: 0o600,
-    maxInFlight: int('max-in-flight', v['max-in-flight'], 1024, 1, 1_000_000),
-    maxQueued: int('max-queued', v['max-queued'], 65536, 1, 10_000_000),
-    maxFrameBytes: int('max-frame-bytes', v['max-frame-bytes'], DEFAULT_MAX_FRAME_BYTES, 1024, 64 << 20),
-    logLevel,
-    timeoutMs,
-    maxTimeoutMs,
-    restartLimit: int('restart-limit', v['restart-limit'], 5, 0, 1000),
-    restartWindowMs: int('restart-window-ms', v['restart-window-ms'], 60_000, 1000, 86_400_000),
-    faultInjection: v['enable-fault-injection'] ?? false,
-  };
+  return cfg;
 }

@@ -11,7 +11,7 @@ async function main(): Promise<number> {
     cfg = parseConfig(process.argv.slice(2));
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`nccld: ${err.message}\n\n${USAGE}\n`);
+      process.stderr.write(`nccld: ${err.message}\n(nccld --help lists every setting)\n`);
       return 2;
     }
     throw err;

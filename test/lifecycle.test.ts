@@ -1,7 +1,7 @@
 // Starting, inspecting and stopping the daemon as an operator would.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { connect } from '../dist/client/index.js';
@@ -101,12 +101,38 @@ t.test('a stale socket file is replaced; a live daemon is not', async (t) => {
   t.ok(existsSync(d2.socket), 'and leaves the live socket alone');
 });
 
+t.test('settings come from flags, then NCCLD_* variables, then the config file; bad ones are named', async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'nccld-config-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'nccld.json');
+  writeFileSync(file, JSON.stringify({ backend: 'host', ranks: 3, timeoutMs: 7000, logLevel: 'warn' }));
+  const { parseConfig } = await import('../dist/daemon/config.js');
+  const fromFile = parseConfig(['--config', file], {});
+  t.match(fromFile, { backend: 'host', ranks: 3, timeoutMs: 7000, logLevel: 'warn', configFile: file });
+  const envWins = parseConfig(['--config', file], { NCCLD_RANKS: '5', NCCLD_ENABLE_FAULT_INJECTION: 'true' });
+  t.match(envWins, { ranks: 5, timeoutMs: 7000, faultInjection: true }, 'the environment beats the file');
+  const flagWins = parseConfig(['--config', file, '--ranks', '6'], { NCCLD_RANKS: '5' });
+  t.equal(flagWins.ranks, 6, 'a flag beats both');
+  t.equal(parseConfig([], { NCCLD_CONFIG: file }).ranks, 3, 'NCCLD_CONFIG names the file');
+  writeFileSync(file, JSON.stringify({ ranks: 'many' }));
+  t.throws(() => parseConfig(['--config', file], {}), { message: `ranks in ${file}: must be an integer from 1 to 1024, not "many"` });
+  writeFileSync(file, JSON.stringify({ rank: 2 }));
+  t.throws(() => parseConfig(['--config', file], {}), { message: /unknown setting "rank"/ });
+  writeFileSync(file, '{ not json');
+  t.throws(() => parseConfig(['--config', file], {}), { message: /config file .*nccld.json: .*JSON/ });
+  const r = spawnSync(process.execPath, [NCCLD, '--backend', 'host'], { encoding: 'utf8', timeout: 10_000, env: { ...process.env, NCCLD_MAX_QUEUED: '-3' } });
+  t.equal(r.status, 2, 'a bad environment variable stops start-up');
+  t.match(r.stderr, /NCCLD_MAX_QUEUED: must be an integer/);
+});
+
 t.test('bad flags stop start-up with a message naming them', async (t) => {
   for (const [args, re] of [
-    [['--ranks', '0'], /--ranks must be an integer from 1/],
-    [['--backend', 'tpu'], /--backend must be auto, host or nccl, not "tpu"/],
+    [['--ranks', '0'], /--ranks: must be an integer from 1 to 1024, not "0"/],
+    [['--backend', 'tpu'], /--backend: must be one of auto, host, nccl, not "tpu"/],
     [['--bogus'], /Unknown option '--bogus'/],
-    [['--log-level', 'loud'], /--log-level must be one of/],
+    [['--log-level', 'loud'], /--log-level: must be one of/],
+    [['--timeout-ms', '5000', '--max-timeout-ms', '1000'], /timeout-ms \(5000\) must not be over max-timeout-ms \(1000\)/],
+    [['--config', '/nonexistent.json'], /config file \/nonexistent.json does not exist/],
   ] as [string[], RegExp][]) {
     const r = spawnSync(process.execPath, [NCCLD, ...args], { encoding: 'utf8', timeout: 10_000 });
     t.equal(r.status, 2, `${args.join(' ')} exits 2`);
@@ -114,7 +140,8 @@ t.test('bad flags stop start-up with a message naming them', async (t) => {
   }
   const help = spawnSync(process.execPath, [NCCLD, '--help'], { encoding: 'utf8' });
   t.equal(help.status, 0);
-  t.match(help.stdout, /--backend auto\|host\|nccl/);
+  t.match(help.stdout, /--backend VALUE +auto picks nccl/);
+  t.match(help.stdout, /Precedence: command line, then environment, then config file, then defaults/);
 });
 
 t.test('--backend nccl without a GPU fails with the reason and a non-zero exit', async (t) => {
