@@ -3,7 +3,7 @@ import net from 'node:net';
 import { native } from '../shared/native.js';
 import { ClientSession, type SessionContext } from './client-session.js';
 import type { Logger } from './logger.js';
-import { closeUnix, listenUnix } from './unix-listen.js';
+import { closeUnix, listenFd, listenUnix } from './unix-listen.js';
 import type { Peer } from './validate.js';
 
 export class ApiServer {
@@ -19,9 +19,11 @@ export class ApiServer {
     this.server = net.createServer((socket) => this.accept(socket));
   }
 
-  async listen(socketPath: string, mode: number): Promise<void> {
-    await listenUnix(this.server, socketPath, mode);
-    this.socketPath = socketPath;
+  /** Listens on a path we create, or on a socket passed to us (whose file is not ours to remove). */
+  async listen(where: { path: string; mode: number } | { fd: number }): Promise<void> {
+    if ('fd' in where) return listenFd(this.server, where.fd);
+    await listenUnix(this.server, where.path, where.mode);
+    this.socketPath = where.path;
   }
 
   /**

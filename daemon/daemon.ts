@@ -7,6 +7,7 @@ import type { Config } from './config.js';
 import { DebugServer } from './debug-server.js';
 import type { Logger } from './logger.js';
 import { Scheduler } from './scheduler.js';
+import { Notifier, takeListenFds } from './systemd.js';
 import type { DaemonStatus } from './status.js';
 import { World } from './world.js';
 
@@ -19,6 +20,7 @@ export class Daemon {
   readonly api: ApiServer;
   readonly debug: DebugServer;
   private readonly startedAt = Date.now();
+  private readonly notifier: Notifier;
   private readonly backendNote: string;
   private draining = false;
   private stopping: Promise<void> | null = null;
@@ -27,6 +29,7 @@ export class Daemon {
     private readonly cfg: Config,
     private readonly log: Logger,
   ) {
+    this.notifier = new Notifier(log);
     const choice = chooseBackend(cfg);
     this.backendNote = choice.backend === 'nccl' ? `${choice.note}; ${gpuVersions()}` : choice.note;
     log.info({ backend: choice.backend, devices: choice.devices, note: choice.note }, `backend: ${choice.backend} (${choice.note})`);
@@ -63,16 +66,31 @@ export class Daemon {
   }
 
   async start(): Promise<void> {
+    // Sockets passed by systemd are taken first: clients may already be waiting on them.
+    const passed = takeListenFds();
     await this.world.start();
-    await this.debug.listen(this.cfg.debugSocket, this.cfg.debugSocketMode);
-    await this.api.listen(this.cfg.socket, this.cfg.socketMode);
-    this.log.info({ socket: this.cfg.socket, debugSocket: this.cfg.debugSocket }, 'nccld serving');
+    await this.debug.listen(passed?.debug != null ? { fd: passed.debug } : { path: this.cfg.debugSocket, mode: this.cfg.debugSocketMode });
+    await this.api.listen(passed?.api != null ? { fd: passed.api } : { path: this.cfg.socket, mode: this.cfg.socketMode });
+    this.log.info(
+      { socket: passed?.api != null ? `fd ${passed.api} from systemd` : this.cfg.socket, debugSocket: passed?.debug != null ? `fd ${passed.debug} from systemd` : this.cfg.debugSocket },
+      'nccld serving',
+    );
+    this.notifier.ready(this.statusLine());
+    this.world.on('state', () => this.notifier.status(this.statusLine()));
+    this.notifier.startWatchdog(() => this.world.state === 'ready' && this.world.ranks.every((r) => r.state === 'ready'));
+  }
+
+  /** One line for systemd's STATUS=: world state, generation, ranks. */
+  statusLine(): string {
+    const w = this.world;
+    return `world ${w.state}, generation ${w.generation}, ${w.size} rank${w.size === 1 ? '' : 's'} (${w.backend})${w.failure ? `: ${w.failure}` : ''}`;
   }
 
   /** Stop accepting, finish and answer everything accepted, stop the ranks, remove the sockets. */
   shutdown(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info('shutting down: finishing requests in flight');
+      this.notifier.stopping();
       this.draining = true;
       const apiClosed = this.api.stopAccepting();
       await this.api.settled();

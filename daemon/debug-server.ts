@@ -2,7 +2,7 @@
 // Every reply ends with a line `OK` or `ERROR: <reason>`, and the connection stays usable.
 import net from 'node:net';
 import type { Logger } from './logger.js';
-import { closeUnix, listenUnix } from './unix-listen.js';
+import { closeUnix, listenFd, listenUnix } from './unix-listen.js';
 import type { DaemonStatus } from './status.js';
 import { formatStatus } from './status.js';
 
@@ -57,9 +57,11 @@ export class DebugServer {
     this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
   }
 
-  async listen(socketPath: string, mode: number): Promise<void> {
-    await listenUnix(this.server, socketPath, mode);
-    this.socketPath = socketPath;
+  /** Listens on a path we create, or on a socket passed to us (whose file is not ours to remove). */
+  async listen(where: { path: string; mode: number } | { fd: number }): Promise<void> {
+    if ('fd' in where) return listenFd(this.server, where.fd);
+    await listenUnix(this.server, where.path, where.mode);
+    this.socketPath = where.path;
   }
 
   async close(): Promise<void> {

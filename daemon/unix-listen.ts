@@ -48,3 +48,14 @@ export async function closeUnix(server: net.Server, socketPath: string | null): 
     // already gone
   }
 }
+
+/** Listens on a socket someone else opened for us (systemd's socket activation). */
+export function listenFd(server: net.Server, fd: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ fd }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}

@@ -173,6 +173,7 @@ export class World extends EventEmitter {
     if (this.state === 'rebuilding' || this.state === 'failed') return;
     this.state = 'rebuilding';
     this.lastBreak = reason;
+    this.emit('state', this.state);
     this.log.error({ reason, generation: this.generation }, 'world broken; rebuilding');
     for (const r of this.ranks) if (r.state === 'ready') r.send({ t: 'abort' });
     this.healing = this.heal().finally(() => (this.healing = null));
@@ -238,6 +239,7 @@ export class World extends EventEmitter {
   private becomeReady(): void {
     this.state = 'ready';
     this.failure = null;
+    this.emit('state', this.state);
     const waiters = this.readyWaiters;
     this.readyWaiters = [];
     for (const w of waiters) w.resolve();
@@ -303,6 +305,7 @@ export class World extends EventEmitter {
     this.state = 'failed';
     this.failure = reason;
     this.log.error({ reason }, 'world failed');
+    this.emit('state', this.state);
     const err = this.failedError();
     for (const w of this.readyWaiters.splice(0)) w.reject(err);
   }
