@@ -4,6 +4,9 @@ import type { Socket } from 'node:net';
 import { FrameDecoder, encodeFrame, type Message } from '../shared/framing.js';
 import { ErrorCodes, NccldError, toNccldError } from '../shared/errors.js';
 import {
+  ipcHandleKey,
+  isShmRef,
+  type BufferRef,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   parseHello,
@@ -15,6 +18,7 @@ import {
 import { NCCLD_VERSION } from '../shared/version.js';
 import type { Logger } from './logger.js';
 import type { Scheduler } from './scheduler.js';
+import type { Stats } from './stats.js';
 import { IpcBufferTable } from './ipc-buffers.js';
 import { validateAllReduce, type Peer } from './validate.js';
 import type { World } from './world.js';
@@ -31,6 +35,7 @@ export interface SessionLimits {
 export interface SessionContext {
   world: World;
   scheduler: Scheduler;
+  stats: Stats;
   limits: SessionLimits;
   /** True once the daemon is shutting down: new requests are refused. */
   draining: () => boolean;
@@ -40,6 +45,8 @@ export class ClientSession {
   readonly connectedAt = Date.now();
   clientName: string | null = null;
   requestsServed = 0;
+  /** Buffers this client has named and not released (shm names, IPC handles in hex). */
+  readonly buffers = new Set<string>();
   private helloDone = false;
   private closed = false;
   /** Set after an unrecoverable framing error: whatever else arrives is ignored. */
@@ -147,6 +154,7 @@ export class ClientSession {
         // The deadline counts from here: time spent checking and queued is part of it.
         const deadline = Date.now() + timeoutMs;
         validateAllReduce(req, world, this.peer);
+        for (const b of req.buffers) this.buffers.add(bufferKey(b));
         if (world.backend === 'nccl') {
           await world.whenReady(deadline); // buffers are opened on live ranks only
           await this.ipc.check(req);
@@ -156,12 +164,14 @@ export class ClientSession {
             { client: this.id, kind: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, buffers: req.buffers },
             deadline,
             () => this.closed,
+            { requestId: req.id, clientName: this.clientName },
           ),
         };
       }
       case 'release':
         // Behind every collective already sent to the ranks, so none loses its mapping mid-flight.
         this.ipc.forget(req.buffers);
+        for (const b of req.buffers) this.buffers.delete(bufferKey(b));
         world.forgetClient(this.id, req.buffers);
         return { done: Promise.resolve(scheduler.lastSeq) };
     }
@@ -206,6 +216,7 @@ export class ClientSession {
   }
 
   private sendError(id: number | null, err: NccldError, extra?: Record<string, unknown>): void {
+    this.ctx.stats.error(err.code);
     if (err.code === ErrorCodes.INTERNAL) this.log.error({ err }, 'internal error');
     else this.log.debug({ id, code: err.code, message: err.message }, 'request failed');
     this.send({ type: 'error', id, code: err.code, message: err.message, ...err.details, ...extra });
@@ -221,3 +232,5 @@ export class ClientSession {
     void this.settled().then(() => this.ctx.world.forgetClient(this.id));
   }
 }
+
+const bufferKey = (b: BufferRef): string => (isShmRef(b) ? `shm:${b.shm}` : `ipc:${ipcHandleKey(b.ipc)}`);

@@ -4,9 +4,12 @@ import { NCCLD_VERSION } from '../shared/version.js';
 import { ApiServer } from './api-server.js';
 import { chooseBackend, gpuVersions } from './backend-select.js';
 import type { Config } from './config.js';
+import { DebugCommands } from './debug-commands.js';
 import { DebugServer } from './debug-server.js';
 import type { Logger } from './logger.js';
+import { FlightRecorder } from './flight-recorder.js';
 import { Scheduler } from './scheduler.js';
+import { Stats } from './stats.js';
 import { Notifier, takeListenFds } from './systemd.js';
 import type { DaemonStatus } from './status.js';
 import { World } from './world.js';
@@ -19,6 +22,8 @@ export class Daemon {
   readonly scheduler: Scheduler;
   readonly api: ApiServer;
   readonly debug: DebugServer;
+  readonly recorder = new FlightRecorder();
+  readonly stats: Stats;
   private readonly startedAt = Date.now();
   private readonly notifier: Notifier;
   private readonly backendNote: string;
@@ -41,28 +46,24 @@ export class Daemon {
       restartLimit: cfg.restartLimit,
       restartWindowMs: cfg.restartWindowMs,
     });
-    this.scheduler = new Scheduler(this.world, {
-      window: choice.backend === 'host' ? 1 : NCCL_WINDOW,
-      maxQueued: cfg.maxQueued,
-    });
+    this.stats = new Stats(this.world.size);
+    this.scheduler = new Scheduler(
+      this.world,
+      { window: choice.backend === 'host' ? 1 : NCCL_WINDOW, maxQueued: cfg.maxQueued },
+      this.recorder,
+      this.stats,
+    );
     this.api = new ApiServer(
       {
         world: this.world,
         scheduler: this.scheduler,
+        stats: this.stats,
         limits: { maxFrameBytes: cfg.maxFrameBytes, maxInFlight: cfg.maxInFlight, timeoutMs: cfg.timeoutMs, maxTimeoutMs: cfg.maxTimeoutMs },
         draining: () => this.draining,
       },
       log,
     );
-    this.debug = new DebugServer(
-      {
-        status: () => this.status(),
-        buffers: () => this.world.rankStats(),
-        rebuild: () => this.rebuild('asked on the debug socket'),
-        inject: (rank, fault) => this.inject(rank, fault),
-      },
-      log,
-    );
+    this.debug = new DebugServer(new DebugCommands(this), log);
   }
 
   async start(): Promise<void> {
@@ -109,6 +110,12 @@ export class Daemon {
     await this.world.retry(reason);
     const w = this.world;
     return w.state === 'ready' ? `world ready, generation ${w.generation}` : `world ${w.state}: ${w.failure ?? w.lastBreak}`;
+  }
+
+  /** Changes the log level here and in every device process, at run time. */
+  setLogLevel(level: string): void {
+    this.log.level = level;
+    for (const r of this.world.ranks) r.send({ t: 'logLevel', level });
   }
 
   inject(rank: number, fault: string): string {

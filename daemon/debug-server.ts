@@ -3,8 +3,7 @@
 import net from 'node:net';
 import type { Logger } from './logger.js';
 import { closeUnix, listenFd, listenUnix } from './unix-listen.js';
-import type { DaemonStatus } from './status.js';
-import { formatStatus } from './status.js';
+import type { Answer, DebugCommands } from './debug-commands.js';
 
 const MAX_LINE_BYTES = 4096;
 /**
@@ -15,33 +14,11 @@ const MAX_LINE_BYTES = 4096;
 const ONE_SHOT_IDLE_MS = 300;
 const INTERACTIVE_IDLE_MS = 10 * 60_000;
 
-export interface DebugCommands {
-  status(): DaemonStatus;
-  /** Per rank: buffers mapped now, and CUDA IPC handles opened and closed so far. */
-  buffers(): Promise<Record<string, number>[]>;
-  /** Rebuilds the world (from `failed` too, with a fresh restart budget); resolves when done. */
-  rebuild(): Promise<string>;
-  /** Fault injection; throws unless the daemon was started with --enable-fault-injection. */
-  inject(rank: number, fault: string): string;
-}
-
-const HELP = [
-  'commands:',
-  '  help     this list',
-  '  status   backend, world state and size, each rank (pid, device, state), requests served',
-  '  buffers  per rank: client buffers mapped now, CUDA IPC handles opened and closed',
-  '  rebuild  rebuild the world now; also brings a failed world back, with a fresh restart budget',
-  '  keepalive  keep this connection open for more commands (it closes 10 minutes idle)',
-  '  quit     close this connection',
-  '  inject <rank> crash|hang|fail|crash-loop|clear',
-  '           fault injection (needs --enable-fault-injection): the next collective on that rank',
-  '           crashes, never finishes, or fails; crash-loop makes every restart of it crash',
-];
-
 /** One debug connection's mode: one-shot (the default) or interactive, and whether it asked to quit. */
 interface Session {
   interactive: boolean;
   quitting: boolean;
+  json: boolean;
   armIdle: () => void;
 }
 
@@ -79,7 +56,7 @@ export class DebugServer {
     let buffered = '';
     let discarding = false;
     let idle: NodeJS.Timeout | undefined;
-    const session: Session = { interactive: false, quitting: false, armIdle: () => {} };
+    const session: Session = { interactive: false, quitting: false, json: false, armIdle: () => {} };
     session.armIdle = () => {
       clearTimeout(idle);
       idle = setTimeout(() => socket.end(), session.interactive ? INTERACTIVE_IDLE_MS : ONE_SHOT_IDLE_MS);
@@ -126,13 +103,17 @@ export class DebugServer {
     const [command, ...args] = line.split(/\s+/);
     this.log.debug({ command, args }, 'debug command');
     const session = this.sessions.get(socket)!;
-    const answer = this.run(command.toLowerCase(), args, session).then(
-      (out) => [...out, 'OK'],
-      (err: Error) => [`ERROR: ${err.message}`],
-    );
+    // One command at a time, in order: `format json` or `log-level` applies to what follows it.
     const before = this.replies.get(socket) ?? Promise.resolve();
     const done: Promise<void> = before.then(async () => {
-      const out = await answer;
+      let out: string[];
+      try {
+        const answer = await this.run(command.toLowerCase(), args, session);
+        out = session.json ? [JSON.stringify({ ok: true, command, result: answer.data })] : [...answer.lines, 'OK'];
+      } catch (err) {
+        const message = (err as Error).message;
+        out = session.json ? [JSON.stringify({ ok: false, command, error: message })] : [`ERROR: ${message}`];
+      }
       if (socket.writable) socket.write(out.join('\n') + '\n');
       if (session.quitting) socket.end();
       // The last reply of a burst is out: a one-shot client gets its close soon.
@@ -141,32 +122,21 @@ export class DebugServer {
     this.replies.set(socket, done);
   }
 
-  private async run(command: string, args: string[], session: Session): Promise<string[]> {
+  private async run(command: string, args: string[], session: Session): Promise<Answer> {
     switch (command) {
       case 'keepalive':
         session.interactive = true;
-        return [`this connection stays open until quit, or ${INTERACTIVE_IDLE_MS / 60_000} minutes idle`];
+        return { lines: [`this connection stays open until quit, or ${INTERACTIVE_IDLE_MS / 60_000} minutes idle`], data: { keepalive: true } };
       case 'quit':
       case 'exit':
         session.quitting = true;
-        return [];
-      case 'help':
-        return [...HELP];
-      case 'status':
-        return formatStatus(this.commands.status());
-      case 'buffers':
-        return (await this.commands.buffers()).map(
-          (s, rank) => `rank ${rank}: ${Object.entries(s).map(([k, v]) => `${k} ${v}`).join(', ')}`,
-        );
-      case 'rebuild':
-        return [await this.commands.rebuild()];
-      case 'inject': {
-        const [rank, fault] = args;
-        if (!/^\d+$/.test(rank ?? '') || !fault) throw new Error('usage: inject <rank> crash|hang|fail|crash-loop|clear');
-        return [this.commands.inject(Number(rank), fault)];
-      }
+        return { lines: [], data: null };
+      case 'format':
+        if (args[0] !== 'json' && args[0] !== 'text') throw new Error('usage: format json|text');
+        session.json = args[0] === 'json';
+        return { lines: [`format: ${args[0]}`], data: { format: args[0] } };
       default:
-        throw new Error(`unknown command "${command.slice(0, 64)}"; try help`);
+        return this.commands.run(command, args);
     }
   }
 }

@@ -33,6 +33,8 @@ export class RankProcess extends EventEmitter {
   pid: number | undefined;
   deviceName: string | null = null;
   collectivesDone = 0;
+  /** The world generation this rank's current process joined. */
+  generation = 0;
   lastError: string | null = null;
   private child: ChildProcess | undefined;
   private readonly pending = new Map<number, Settle<void>>();

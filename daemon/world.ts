@@ -116,7 +116,7 @@ export class World extends EventEmitter {
    * Runs one collective on every rank; resolves when all have finished. Rejects naming the ranks
    * that failed, or at the deadline naming those that had not finished (and heals the world).
    */
-  async run(c: Collective, deadline: number): Promise<void> {
+  async run(c: Collective, deadline: number, onRank?: (rank: number, failed: boolean) => void): Promise<void> {
     if (this.state !== 'ready') await this.whenReady(deadline);
     const settled: (NccldError | null | undefined)[] = new Array(this.size).fill(undefined);
     const all = Promise.all(
@@ -134,8 +134,14 @@ export class World extends EventEmitter {
             buffers: this.backend === 'host' ? c.buffers : [c.buffers[r.rank]],
           })
           .then(
-            () => void (settled[r.rank] = null),
-            (err: NccldError) => void (settled[r.rank] = err),
+            () => {
+              settled[r.rank] = null;
+              onRank?.(r.rank, false);
+            },
+            (err: NccldError) => {
+              settled[r.rank] = err;
+              onRank?.(r.rank, true);
+            },
           ),
       ),
     );
@@ -231,6 +237,7 @@ export class World extends EventEmitter {
         if (r.state === 'ready') return;
         await r.exited();
         await r.start();
+        r.generation = this.generation;
       }),
     );
     if (this.backend === 'nccl') await this.buildComm();

@@ -108,6 +108,9 @@ process.on('message', (raw) => {
       // The world broke: nothing may wait on a peer that is gone. Pending collectives reject.
       nccl?.abortComm();
       break;
+    case 'logLevel':
+      if (log) log.level = msg.level;
+      break;
     case 'inject':
       log?.warn({ fault: msg.fault }, 'fault injected for the next collective');
       nextFault = msg.fault;

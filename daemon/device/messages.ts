@@ -78,6 +78,11 @@ export interface StatsRequest {
   call: number;
 }
 
+export interface LogLevelMessage {
+  t: 'logLevel';
+  level: string;
+}
+
 export interface StopMessage {
   t: 'stop';
 }
@@ -92,6 +97,7 @@ export type ToDevice =
   | StatsRequest
   | AbortMessage
   | InjectMessage
+  | LogLevelMessage
   | StopMessage;
 
 export interface ReadyMessage {
