@@ -6,7 +6,7 @@ import { connect, type Client } from './client.js';
 import { HostBuffer } from './host-buffer.js';
 import { DeviceBuffer } from './device-buffer.js';
 import { DTYPES, DTYPE_NAMES, REDUCE_OP_NAMES, isDType, isReduceOp, type DType, type ReduceOp } from '../shared/dtypes.js';
-import { defaultSocketPath } from '../shared/paths.js';
+import { clientSocketPath } from '../shared/paths.js';
 import { compare, fromNumbers, randomInputs, reference, toNumbers } from './verify.js';
 
 const USAGE = `Usage: ncclctl [--socket PATH] <command> [options]
@@ -19,7 +19,7 @@ Commands:
       T: ${DTYPE_NAMES.join(', ')}   OP: ${REDUCE_OP_NAMES.join(', ')}
 
 Options:
-  --socket PATH   the daemon's API socket (default ${defaultSocketPath()})
+  --socket PATH   the daemon's API socket (default ${clientSocketPath()}; NCCLD_SOCKET)
   --help          this text`;
 
 class UsageError extends Error {}

@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import { DTYPES, type DType, type ReduceOp } from '../shared/dtypes.js';
 import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
 import { FrameDecoder, encodeFrame, type Message } from '../shared/framing.js';
-import { defaultSocketPath } from '../shared/paths.js';
+import { clientSocketPath } from '../shared/paths.js';
 import { PROTOCOL_VERSION, type BufferRef, type HelloReply } from '../shared/protocol.js';
 import type { HostBuffer } from './host-buffer.js';
 
@@ -62,7 +62,7 @@ export class Client extends EventEmitter {
   }
 
   /** Connects and completes the hello exchange. */
-  static async connect(socketPath: string = defaultSocketPath(), opts: ConnectOptions = {}): Promise<Client> {
+  static async connect(socketPath: string = clientSocketPath(), opts: ConnectOptions = {}): Promise<Client> {
     const client = new Client(new net.Socket(), socketPath, opts);
     await client.open();
     return client;
@@ -218,7 +218,7 @@ function toError(msg: Message): NccldError {
   );
 }
 
-/** Connects to the daemon; the socket defaults as the daemon's does. */
+/** Connects to the daemon: the user's own (default paths as the daemon's), else the system service's. */
 export function connect(socketPath?: string, opts?: ConnectOptions): Promise<Client> {
   return Client.connect(socketPath, opts);
 }
