@@ -18,23 +18,23 @@ t.test('kill -9 of a device process under load from 4 clients', async (t) => {
   let killedAt = 0;
   const load = runLoad(d.socket, { clients: 4, inFlight: 4, count: 20_000, durationMs: 3000, timeoutMs });
   setTimeout(() => {
-    killedAt = performance.now();
+    killedAt = Date.now();
     process.kill(before[2], 'SIGKILL');
   }, 800);
   const r = await load;
   t.equal(r.answered, r.sent, `every request was answered: ${r.sent} sent, ${r.ok} ok, errors ${JSON.stringify(r.errors)}`);
   t.equal(r.wrong, 0, 'every successful result is correct');
-  t.ok(r.ok > 0);
-  t.ok(Object.keys(r.errors).every((c) => ['NCCLD_ERR_DEVICE_LOST', 'NCCLD_ERR_ABORTED'].includes(c)), 'failures say the device was lost');
-  t.ok((r.errors.NCCLD_ERR_DEVICE_LOST ?? 0) >= 1, 'the collective in flight on the dead rank failed with DEVICE_LOST');
+  // The kill may land mid-collective (that one fails) or between two (none does): both are right.
+  t.ok(Object.keys(r.errors).every((c) => ['NCCLD_ERR_DEVICE_LOST', 'NCCLD_ERR_ABORTED'].includes(c)), 'any failure says the device was lost');
   t.ok(r.slowest < timeoutMs + 1000, `no request outlived its deadline (slowest ${r.slowest.toFixed(0)} ms)`);
-  // Successes that end after the failure was reported ran on the rebuilt world.
-  const failedAt = r.failures.find((f) => f > killedAt)!;
-  const firstAfter = r.successes.find((s) => s > failedAt);
-  t.ok(firstAfter, 'requests succeeded after the kill');
+  const rebuilt = d.logs.find((l) => l.msg === 'world rebuilt');
+  t.ok(rebuilt, 'the daemon rebuilt its world');
+  const rebuiltAt = Date.parse(rebuilt!.time as string);
+  const firstAfter = r.successes.find((s) => s >= rebuiltAt);
+  t.ok(firstAfter, 'requests succeeded on the rebuilt world');
   t.comment(
-    `figure: kill -9 to the failure of the collective in flight: ${(failedAt - killedAt).toFixed(1)} ms; ` +
-      `to the first successful AllReduce on the rebuilt world: ${(firstAfter! - killedAt).toFixed(1)} ms (host backend, 4 ranks)`,
+    `figure: kill -9 to the world rebuilt: ${rebuiltAt - killedAt} ms; to the first successful AllReduce on it: ${firstAfter! - killedAt} ms ` +
+      `(host backend, 4 ranks, ${Object.values(r.errors).reduce((a, b) => a + b, 0)} request(s) failed)`,
   );
   const after = await devicePids(d.debugSocket);
   t.equal(after.length, 4);

@@ -1,6 +1,5 @@
 // Pipelined AllReduce load from several clients, every result checked, every request accounted
 // for: what the fault tests run while they break things.
-import { performance } from 'node:perf_hooks';
 import { connect, type Client } from '../../dist/client/index.js';
 import { fromNumbers, randomInputs } from '../../dist/client/verify.js';
 import { allocFilled, check } from './buffers.js';
@@ -13,14 +12,14 @@ export interface LoadReport {
   errors: Record<string, number>;
   /** Longest time any request took to end, in ms. */
   slowest: number;
-  /** performance.now() of every success and every failure, for "first success after the fault". */
+  /** Date.now() of every success and every failure (the daemon's log clock), for "first success after the fault". */
   successes: number[];
   failures: number[];
 }
 
 export async function runLoad(socket: string, opts: { clients: number; inFlight: number; count: number; durationMs: number; timeoutMs: number }): Promise<LoadReport> {
   const report: LoadReport = { sent: 0, answered: 0, ok: 0, wrong: 0, errors: {}, slowest: 0, successes: [], failures: [] };
-  const stopAt = performance.now() + opts.durationMs;
+  const stopAt = Date.now() + opts.durationMs;
   const clients: Client[] = await Promise.all(Array.from({ length: opts.clients }, (_, c) => connect(socket, { name: `load-${c}` })));
   let seed = 1;
   await Promise.all(
@@ -28,23 +27,23 @@ export async function runLoad(socket: string, opts: { clients: number; inFlight:
       Array.from({ length: opts.inFlight }, async () => {
         // Each slot reuses one set of buffers, refilled before every request.
         const slot = allocFilled(client.worldSize, 'f32', 'sum', opts.count, seed++);
-        while (performance.now() < stopAt) {
+        while (Date.now() < stopAt) {
           const inputs = randomInputs('f32', 'sum', client.worldSize, opts.count, seed++);
           slot.buffers.forEach((b, r) => fromNumbers(b.view('f32', 0, opts.count), 'f32', inputs[r]));
-          const t0 = performance.now();
+          const t0 = Date.now();
           report.sent++;
           try {
             await client.allReduce({ buffers: slot.buffers, dtype: 'f32', op: 'sum', count: opts.count, timeoutMs: opts.timeoutMs });
             report.ok++;
-            report.successes.push(performance.now());
+            report.successes.push(Date.now());
             if (check(slot.buffers, inputs, 'f32', 'sum', opts.count).mismatches) report.wrong++;
           } catch (err) {
-            report.failures.push(performance.now());
+            report.failures.push(Date.now());
             const code = (err as { code?: string }).code ?? 'unknown';
             report.errors[code] = (report.errors[code] ?? 0) + 1;
           }
           report.answered++;
-          report.slowest = Math.max(report.slowest, performance.now() - t0);
+          report.slowest = Math.max(report.slowest, Date.now() - t0);
         }
         slot.buffers.forEach((b) => b.free());
       }),
