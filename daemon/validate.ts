@@ -5,7 +5,7 @@ import { statSync } from 'node:fs';
 import path from 'node:path';
 import { DTYPES } from '../shared/dtypes.js';
 import { ErrorCodes, NccldError } from '../shared/errors.js';
-import { isShmRef, type AllReduceRequest, type BufferRef, type ShmBufferRef } from '../shared/protocol.js';
+import { isShmRef, type AllReduceRequest, type ShmBufferRef } from '../shared/protocol.js';
 import type { World } from './world.js';
 
 /** Where Linux keeps POSIX shared-memory segments. */
@@ -87,8 +87,4 @@ function checkNoOverlap(buffers: ShmBufferRef[], bytes: number): void {
       }
     }
   }
-}
-
-export function describeBuffer(b: BufferRef): string {
-  return isShmRef(b) ? `shm:${b.shm}+${b.offset ?? 0}` : `ipc(device ${b.device})+${b.offset ?? 0}`;
 }
