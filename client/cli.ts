@@ -5,6 +5,7 @@ import { performance } from 'node:perf_hooks';
 import { connect, type Client } from './client.js';
 import { HostBuffer } from './host-buffer.js';
 import { DeviceBuffer } from './device-buffer.js';
+import { benchDaemon, benchDirect, formatRows, parseSize, type BenchOptions } from './bench.js';
 import { DTYPES, DTYPE_NAMES, REDUCE_OP_NAMES, isDType, isReduceOp, type DType, type ReduceOp } from '../shared/dtypes.js';
 import { clientSocketPath } from '../shared/paths.js';
 import { compare, fromNumbers, randomInputs, reference, toNumbers } from './verify.js';
@@ -17,6 +18,12 @@ Commands:
       long it took. With --verify, checks every element of every rank's buffer against a float64
       reference and exits 1 on any mismatch.
       T: ${DTYPE_NAMES.join(', ')}   OP: ${REDUCE_OP_NAMES.join(', ')}
+
+  bench [-b 8] [-e 64M] [-f 2] [--dtype f32] [--op sum] [--iters 20] [--warmup 5] [--serial] [--direct]
+      Times AllReduce over sizes from -b to -e bytes, each -f times the last, and prints time,
+      algbw and busbw per size as nccl-tests does. --iters requests are in flight at once (up to the
+      daemon's per-client limit) unless --serial. --direct also runs the same through the addon in this process (no daemon), on
+      the daemon's devices, and prints the daemon/direct ratio of bus bandwidth.
 
 Options:
   --socket PATH   the daemon's API socket (default ${clientSocketPath()}; NCCLD_SOCKET)
@@ -138,6 +145,57 @@ function allocRankBuffers(client: Client, bytes: number): RankBuffer[] {
   });
 }
 
+async function bench(client: Client, args: string[]): Promise<number> {
+  const { values: v } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      b: { type: 'string', short: 'b' },
+      e: { type: 'string', short: 'e' },
+      f: { type: 'string', short: 'f' },
+      dtype: { type: 'string' },
+      op: { type: 'string' },
+      iters: { type: 'string' },
+      warmup: { type: 'string' },
+      serial: { type: 'boolean' },
+      direct: { type: 'boolean' },
+    },
+  });
+  const dtype = v.dtype ?? 'f32';
+  const op = v.op ?? 'sum';
+  if (!isDType(dtype)) fail(`--dtype must be one of ${DTYPE_NAMES.join(', ')}`);
+  if (!isReduceOp(op)) fail(`--op must be one of ${REDUCE_OP_NAMES.join(', ')}`);
+  const minBytes = parseSize(v.b ?? '8');
+  const maxBytes = parseSize(v.e ?? '64M');
+  const factor = Number(v.f ?? '2');
+  if (!(minBytes > 0) || !(maxBytes >= minBytes)) fail('-b and -e are sizes such as 8, 64K, 256M, 1G, with -b ≤ -e');
+  if (!(factor > 1)) fail('-f must be a number above 1');
+  const o: BenchOptions = {
+    minBytes,
+    maxBytes,
+    factor,
+    dtype,
+    op,
+    iters: positiveInt('iters', v.iters, 20),
+    warmup: positiveInt('warmup', v.warmup, 5, 0),
+    serial: v.serial ?? false,
+  };
+  const n = client.worldSize;
+  const where = `${n} rank${n === 1 ? '' : 's'}, ${client.server.backend} backend, ${dtype} ${op}, ${o.serial ? 'one at a time' : `${o.iters} in flight`}`;
+  const viaDaemon = await benchDaemon(client, o);
+  process.stdout.write(formatRows(viaDaemon, `through nccld: ${where}`).join('\n') + '\n');
+  if (v.direct) {
+    const direct = await benchDirect(client.server.devices, o);
+    process.stdout.write(formatRows(direct, `direct, in this process: ${where}`).join('\n') + '\n');
+    process.stdout.write('#       bytes  daemon/direct busbw  daemon-direct time(us)\n');
+    viaDaemon.forEach((r, i) => {
+      const d = direct[i];
+      process.stdout.write(`${String(r.bytes).padStart(13)} ${(r.busBwGBps / d.busBwGBps).toFixed(3).padStart(20)} ${(r.us - d.us).toFixed(2).padStart(23)}\n`);
+    });
+  }
+  return 0;
+}
+
 async function main(argv: string[]): Promise<number> {
   // Options before the command word are ncclctl's own; the rest belong to the command.
   let socket: string | undefined;
@@ -153,10 +211,10 @@ async function main(argv: string[]): Promise<number> {
   }
   const command = argv[i];
   if (!command) fail('no command given');
-  if (command !== 'allreduce') fail(`unknown command "${command}"`);
+  if (command !== 'allreduce' && command !== 'bench') fail(`unknown command "${command}"`);
   const client = await connect(socket, { name: 'ncclctl' });
   try {
-    return await allreduce(client, argv.slice(i + 1));
+    return command === 'bench' ? await bench(client, argv.slice(i + 1)) : await allreduce(client, argv.slice(i + 1));
   } finally {
     await client.close();
   }

@@ -32,6 +32,23 @@ t.test('ncclctl allreduce --verify', async (t) => {
   t.match(iters.stdout, /median [\d.]+ ms, min [\d.]+ ms over 5/);
 });
 
+t.test('ncclctl bench, through the daemon and --direct', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2']);
+  t.teardown(() => d.stop());
+  const r = await ncclctl(['--socket', d.socket, 'bench', '-b', '8', '-e', '64K', '-f', '8', '--iters', '5', '--warmup', '1', '--direct']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /# through nccld: 2 ranks, host backend, f32 sum, 5 in flight\n#\s+bytes\s+count\s+time\(us\)\s+algbw\(GB\/s\)\s+busbw\(GB\/s\)\n\s+8\s+2\s+[\d.]+/);
+  const rows = r.stdout.split('\n').filter((l) => /^\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+$/.test(l));
+  t.same(rows.map((l) => Number(l.trim().split(/\s+/)[0])), [8, 64, 512, 4096, 32768, 8, 64, 512, 4096, 32768], 'sizes from -b to -e by -f, daemon then direct');
+  t.match(r.stdout, /# direct, in this process: 2 ranks/);
+  t.match(r.stdout, /daemon\/direct busbw\s+daemon-direct time\(us\)\n\s+8\s+[\d.]+\s+-?[\d.]+/);
+  const serial = await ncclctl(['--socket', d.socket, 'bench', '-b', '1K', '-e', '1K', '--serial', '--iters', '3']);
+  t.match(serial.stdout, /one at a time[\s\S]*\n\s+1024\s+256\s/);
+  const bad = await ncclctl(['--socket', d.socket, 'bench', '-b', '1G', '-e', '8']);
+  t.equal(bad.code, 2);
+  t.match(bad.stderr, /-b and -e are sizes/);
+});
+
 t.test('ncclctl errors', async (t) => {
   const help = await ncclctl(['--help']);
   t.equal(help.code, 0);
