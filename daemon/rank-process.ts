@@ -14,6 +14,8 @@ function fromWire(e: WireError, rank: number): NccldError {
 }
 
 const DEVICE_ENTRY = fileURLToPath(new URL('./device/main.js', import.meta.url));
+/** A device process that has not said ready by then (a CUDA init that hangs...) is killed. */
+const START_TIMEOUT_MS = 120_000;
 
 export type RankState = 'starting' | 'ready' | 'killing' | 'stopping' | 'exited';
 
@@ -72,11 +74,21 @@ export class RankProcess extends EventEmitter {
     this.pid = child.pid;
     this.log.info({ devicePid: child.pid }, 'device process forked');
     return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.log.error({ ms: START_TIMEOUT_MS }, 'device process not ready in time; killing it');
+        child.kill('SIGKILL');
+      }, START_TIMEOUT_MS);
+      child.once('exit', () => clearTimeout(timer));
       const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
         reject(new NccldError(ErrorCodes.DEVICE_LOST, `device process of rank ${this.rank} exited (code ${code}, signal ${signal}) before it was ready`));
       };
       child.once('exit', onExit);
-      child.on('message', (raw) => this.onMessage(raw as FromDevice, resolve, reject, () => child.off('exit', onExit)));
+      child.on('message', (raw) =>
+        this.onMessage(raw as FromDevice, resolve, reject, () => {
+          clearTimeout(timer);
+          child.off('exit', onExit);
+        }),
+      );
       child.on('exit', (code, signal) => {
         if (child === this.child) this.onExit(code, signal);
       });

@@ -236,6 +236,7 @@ export class World extends EventEmitter {
       this.ranks.map(async (r) => {
         if (r.state === 'ready') return;
         await r.exited();
+        if (this.state === 'stopping' || this.state === 'stopped') throw new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is stopping');
         await r.start();
         r.generation = this.generation;
       }),
@@ -292,8 +293,9 @@ export class World extends EventEmitter {
     this.state = 'stopping';
     const stopping = new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is stopping');
     for (const w of this.readyWaiters.splice(0)) w.reject(stopping);
-    await this.healing?.catch(() => {});
+    // Ranks first: a rebuild waiting on one (a start that hangs) ends when its process does.
     await Promise.all(this.ranks.map((r) => r.stop(this.opts.stopGraceMs ?? 10_000)));
+    await this.healing?.catch(() => {});
     this.state = 'stopped';
     this.log.info('world stopped');
   }
