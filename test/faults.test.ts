@@ -5,7 +5,7 @@ import t from 'tap';
 import { performance } from 'node:perf_hooks';
 import { connect } from '../dist/client/index.js';
 import { alive, debugCommand, devicePids, startDaemon, until } from './helpers/daemon.js';
-import { checkedAllReduce } from './helpers/buffers.js';
+import { allocFilled, checkedAllReduce } from './helpers/buffers.js';
 import { runLoad } from './helpers/load.js';
 
 const worldState = async (debugSocket: string) => /world: (\w+)/.exec(await debugCommand(debugSocket, 'status'))?.[1];
@@ -134,4 +134,29 @@ t.test('the SDK reconnects to a daemon that came back', async (t) => {
   t.equal((await checkedAllReduce(client, 'f32', 'sum', 100, 2)).mismatches, 0, 'the same Client works again');
   await client.close();
   await d1.stop();
+});
+
+t.test('a collective still queued at its deadline fails then and never runs', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2', '--enable-fault-injection']);
+  t.teardown(() => d.stop());
+  const client = await connect(d.socket);
+  t.teardown(() => client.close());
+  await debugCommand(d.debugSocket, 'inject 0 hang');
+  const first = allocFilled(2, 'f32', 'sum', 1000, 1);
+  const queued = allocFilled(2, 'f32', 'sum', 1000, 2);
+  t.teardown(() => [...first.buffers, ...queued.buffers].forEach((b) => b.free()));
+  const before = queued.buffers.map((b) => Float32Array.from(b.view('f32', 0, 1000)));
+  const t0 = performance.now();
+  // The host backend runs one collective at a time: the second waits behind the hung first.
+  const hung = client.allReduce({ buffers: first.buffers, dtype: 'f32', op: 'sum', count: 1000, timeoutMs: 3000 }).catch((e) => e);
+  const behind = client.allReduce({ buffers: queued.buffers, dtype: 'f32', op: 'sum', count: 1000, timeoutMs: 600 }).catch((e) => e);
+  const err = await behind;
+  const waited = performance.now() - t0;
+  t.match(err, { code: 'NCCLD_ERR_TIMEOUT', message: /waited in the queue/ });
+  t.ok(waited >= 550 && waited < 1500, `failed at its own deadline (${waited.toFixed(0)} ms for 600 ms)`);
+  t.match(await hung, { code: 'NCCLD_ERR_TIMEOUT', details: { ranks: [0] } }, 'the hung one times out at its deadline');
+  // Once the world is back, the queued collective must still not have run.
+  t.equal((await checkedAllReduce(client, 'f32', 'sum', 100, 3)).mismatches, 0, 'serving again');
+  queued.buffers.forEach((b, r) => t.same(Array.from(b.view('f32', 0, 1000)), Array.from(before[r]), `rank ${r}'s queued buffer was never touched`));
+  t.match(await debugCommand(d.debugSocket, 'ops'), /allreduce f32 sum +4000 +failed +- +queued .*NCCLD_ERR_TIMEOUT: the deadline passed while the collective waited in the queue/, 'the flight recorder shows it never started');
 });
