@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { connect, type Client } from './client.js';
 import { HostBuffer } from './host-buffer.js';
+import { typedArray } from '../shared/typed-arrays.js';
 import { DeviceBuffer } from './device-buffer.js';
 import { benchDaemon, benchDirect, formatRows, parseSize, type BenchOptions } from './bench.js';
 import { DTYPES, DTYPE_NAMES, REDUCE_OP_NAMES, isDType, isReduceOp, type DType, type ReduceOp } from '../shared/dtypes.js';
@@ -135,11 +136,11 @@ function allocRankBuffers(client: Client, bytes: number): RankBuffer[] {
     return {
       buffer,
       fill: (dtype, count, values) => {
-        const staging = HostBuffer.viewOf(dtype, count);
+        const staging = typedArray(dtype, count);
         fromNumbers(staging, dtype, values);
         buffer.write(staging);
       },
-      values: (dtype, count) => toNumbers(buffer.read(HostBuffer.viewOf(dtype, count)), dtype),
+      values: (dtype, count) => toNumbers(buffer.read(typedArray(dtype, count)), dtype),
       free: () => buffer.free(),
     };
   });

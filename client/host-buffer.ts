@@ -6,22 +6,9 @@ import { DTYPES, type DType } from '../shared/dtypes.js';
 import { ErrorCodes, NccldError } from '../shared/errors.js';
 import type { ShmBufferRef } from '../shared/protocol.js';
 import type { BufferLike } from './client.js';
+import { typedView, type ViewOf } from '../shared/typed-arrays.js';
 
-const VIEWS = {
-  i8: Int8Array,
-  u8: Uint8Array,
-  i32: Int32Array,
-  u32: Uint32Array,
-  i64: BigInt64Array,
-  u64: BigUint64Array,
-  // Node 20 has no Float16Array: f16 and bf16 are raw 16-bit words (see shared/half.ts).
-  f16: Uint16Array,
-  bf16: Uint16Array,
-  f32: Float32Array,
-  f64: Float64Array,
-} as const;
-
-export type ViewOf<T extends DType> = InstanceType<(typeof VIEWS)[T]>;
+export type { ViewOf };
 
 let counter = 0;
 
@@ -42,12 +29,6 @@ export class HostBuffer implements BufferLike {
     return new HostBuffer(native.ShmSegment.create(name, bytes, opts.mode ?? 0o600));
   }
 
-  /** A typed array of `count` elements of `dtype` in ordinary memory (for staging GPU copies). */
-  static viewOf<T extends DType>(dtype: T, count: number): ViewOf<T> {
-    const Ctor = VIEWS[dtype] as unknown as new (n: number) => ViewOf<T>;
-    return new Ctor(count);
-  }
-
   /** The segment's name, as passed to the daemon. */
   get name(): string {
     return this.segment.name;
@@ -64,10 +45,9 @@ export class HostBuffer implements BufferLike {
   /** A typed view of `count` elements (default: as many as fit) from `byteOffset`. */
   view<T extends DType>(dtype: T, byteOffset = 0, count?: number): ViewOf<T> {
     if (this.freed) throw new NccldError(ErrorCodes.BAD_REQUEST, `buffer ${this.name} has been freed`);
-    const Ctor = VIEWS[dtype] as unknown as new (b: ArrayBuffer, o: number, n: number) => ViewOf<T>;
     const elem = DTYPES[dtype].bytes;
     const n = count ?? Math.floor((this.bytes - byteOffset) / elem);
-    return new Ctor(this.segment.buffer(), byteOffset, n);
+    return typedView(dtype, this.segment.buffer(), byteOffset, n);
   }
 
   toBufferRef(offset?: number): ShmBufferRef {

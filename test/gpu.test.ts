@@ -5,7 +5,7 @@ import t from 'tap';
 import { connect, DeviceBuffer, DTYPE_NAMES, REDUCE_OP_NAMES, type Client, type DType, type ReduceOp } from '../dist/client/index.js';
 import { native } from '../dist/shared/native.js';
 import { DTYPES } from '../dist/shared/dtypes.js';
-import { HostBuffer } from '../dist/client/host-buffer.js';
+import { typedArray } from '../dist/shared/typed-arrays.js';
 import { compare, fromNumbers, randomInputs, reference, toNumbers } from '../dist/client/verify.js';
 import { performance } from 'node:perf_hooks';
 import { debugCommand, startDaemon, until } from './helpers/daemon.js';
@@ -28,7 +28,7 @@ async function gpuRun(client: Client, dtype: DType, op: ReduceOp, count: number,
   const inputs = randomInputs(dtype, op, n, count, seed);
   const buffers = client.server.devices.map((dev, r) => {
     const b = DeviceBuffer.alloc(dev!, bytes);
-    const staging = HostBuffer.viewOf(dtype, count);
+    const staging = typedArray(dtype, count);
     fromNumbers(staging, dtype, inputs[r]);
     b.write(staging);
     return b;
@@ -41,7 +41,7 @@ async function gpuRun(client: Client, dtype: DType, op: ReduceOp, count: number,
   let mismatches = 0;
   const first: unknown[] = [];
   buffers.forEach((b, r) => {
-    const res = compare(toNumbers(b.read(HostBuffer.viewOf(dtype, count)), dtype), ref, r, 3);
+    const res = compare(toNumbers(b.read(typedArray(dtype, count)), dtype), ref, r, 3);
     mismatches += res.mismatches;
     first.push(...res.first);
   });
