@@ -5,8 +5,7 @@ import { performance } from 'node:perf_hooks';
 import { native, type GpuComm, type GpuDeviceBuffer, type ShmSegment } from '../shared/native.js';
 import { DTYPES, REDUCE_OPS, type DType, type ReduceOp } from '../shared/dtypes.js';
 import type { Client } from './client.js';
-import { DeviceBuffer } from './device-buffer.js';
-import { HostBuffer } from './host-buffer.js';
+import { allocRankBuffers, freeRankBuffers } from './rank-buffers.js';
 
 export interface BenchOptions {
   minBytes: number;
@@ -71,17 +70,11 @@ async function measure(o: BenchOptions, nranks: number, once: RunOnce, maxInFlig
 
 /** Through the daemon, with buffers of the kind its backend takes. */
 export async function benchDaemon(client: Client, o: BenchOptions): Promise<BenchRow[]> {
-  const devices = client.server.devices;
-  const buffers = devices.map((d) => (d === null ? HostBuffer.alloc(o.maxBytes) : DeviceBuffer.alloc(d, o.maxBytes)));
+  const buffers = allocRankBuffers(client, o.maxBytes);
   try {
-    return await measure(o, devices.length, (count) => client.allReduce({ buffers, dtype: o.dtype, op: o.op, count }), client.server.maxInFlight);
+    return await measure(o, buffers.length, (count) => client.allReduce({ buffers, dtype: o.dtype, op: o.op, count }), client.server.maxInFlight);
   } finally {
-    for (const b of buffers) {
-      if (b instanceof HostBuffer) {
-        await client.release([b]).catch(() => {});
-        b.free();
-      } else await b.free();
-    }
+    await freeRankBuffers(client, buffers);
   }
 }
 

@@ -3,13 +3,11 @@
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { connect, type Client } from './client.js';
-import { HostBuffer } from './host-buffer.js';
-import { typedArray } from '../shared/typed-arrays.js';
-import { DeviceBuffer } from './device-buffer.js';
+import { allocRankBuffers, freeRankBuffers, readValues, writeValues } from './rank-buffers.js';
 import { benchDaemon, benchDirect, formatRows, parseSize, type BenchOptions } from './bench.js';
 import { DTYPES, DTYPE_NAMES, REDUCE_OP_NAMES, isDType, isReduceOp, type DType, type ReduceOp } from '../shared/dtypes.js';
 import { clientSocketPath } from '../shared/paths.js';
-import { compare, fromNumbers, randomInputs, reference, toNumbers } from './verify.js';
+import { compare, randomInputs, reference } from './verify.js';
 
 const USAGE = `Usage: ncclctl [--socket PATH] <command> [options]
 
@@ -69,20 +67,20 @@ async function allreduce(client: Client, args: string[]): Promise<number> {
   const buffers = allocRankBuffers(client, bytes);
   try {
     const inputs = randomInputs(dtype, op, n, count, seed);
-    buffers.forEach((b, r) => b.fill(dtype, count, inputs[r]));
+    buffers.forEach((b, r) => writeValues(b, dtype, count, inputs[r]));
     const times: number[] = [];
     let seq = 0;
     for (let i = 0; i < iters; i++) {
       // Each iteration but the first reduces the previous result; only the first is verified.
       const t0 = performance.now();
-      ({ seq } = await client.allReduce({ buffers: buffers.map((b) => b.buffer), dtype, op, count }));
+      ({ seq } = await client.allReduce({ buffers, dtype, op, count }));
       times.push(performance.now() - t0);
       if (i === 0 && v.verify) {
         const ref = reference(inputs, dtype, op);
         let bad = 0;
         let maxError = 0;
         for (let r = 0; r < n; r++) {
-          const res = compare(buffers[r].values(dtype, count), ref, r);
+          const res = compare(readValues(buffers[r], dtype, count), ref, r);
           bad += res.mismatches;
           maxError = Math.max(maxError, res.maxError);
           for (const m of res.first) {
@@ -105,45 +103,8 @@ async function allreduce(client: Client, args: string[]): Promise<number> {
     );
     return 0;
   } finally {
-    for (const b of buffers) await b.free();
+    await freeRankBuffers(client, buffers);
   }
-}
-
-/** One buffer per rank, of the kind the daemon's backend takes, with a way in and out for values. */
-interface RankBuffer {
-  buffer: HostBuffer | DeviceBuffer;
-  fill(dtype: DType, count: number, values: Float64Array): void;
-  values(dtype: DType, count: number): Float64Array;
-  free(): Promise<void>;
-}
-
-function allocRankBuffers(client: Client, bytes: number): RankBuffer[] {
-  return client.server.devices.map((device) => {
-    if (device === null) {
-      const buffer = HostBuffer.alloc(bytes);
-      return {
-        buffer,
-        fill: (dtype, count, values) => fromNumbers(buffer.view(dtype, 0, count), dtype, values),
-        values: (dtype, count) => toNumbers(buffer.view(dtype, 0, count), dtype),
-        free: async () => {
-          await client.release([buffer]).catch(() => {});
-          buffer.free();
-        },
-      };
-    }
-    // The daemon's GPU numbering is taken to be ours: run ncclctl with the same CUDA_VISIBLE_DEVICES.
-    const buffer = DeviceBuffer.alloc(device, bytes);
-    return {
-      buffer,
-      fill: (dtype, count, values) => {
-        const staging = typedArray(dtype, count);
-        fromNumbers(staging, dtype, values);
-        buffer.write(staging);
-      },
-      values: (dtype, count) => toNumbers(buffer.read(typedArray(dtype, count)), dtype),
-      free: () => buffer.free(),
-    };
-  });
 }
 
 async function bench(client: Client, args: string[]): Promise<number> {

@@ -2,12 +2,11 @@
 // reply by id. When the connection drops, every pending request is rejected, never left waiting.
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
-import { DTYPES, type DType, type ReduceOp } from '../shared/dtypes.js';
+import type { DType, ReduceOp } from '../shared/dtypes.js';
 import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
 import { FrameDecoder, encodeFrame, type Message } from '../shared/framing.js';
 import { clientSocketPath } from '../shared/paths.js';
 import { PROTOCOL_VERSION, type BufferRef, type HelloReply } from '../shared/protocol.js';
-import type { HostBuffer } from './host-buffer.js';
 
 /** Anything the daemon can reduce: a HostBuffer (host backend), a GPU buffer, or a raw reference. */
 export interface BufferLike {
@@ -222,6 +221,3 @@ function toError(msg: Message): NccldError {
 export function connect(socketPath?: string, opts?: ConnectOptions): Promise<Client> {
   return Client.connect(socketPath, opts);
 }
-
-export type { HostBuffer, DType, ReduceOp };
-export const elementBytes = (dtype: DType): number => DTYPES[dtype].bytes;

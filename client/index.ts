@@ -1,5 +1,5 @@
 // nccld's client SDK: connect to the daemon, hand it buffers, await collectives.
-export { Client, connect, elementBytes } from './client.js';
+export { Client, connect } from './client.js';
 export type { AllReduceOptions, AllReduceResult, BufferLike, ConnectOptions } from './client.js';
 export { HostBuffer } from './host-buffer.js';
 export { DeviceBuffer } from './device-buffer.js';

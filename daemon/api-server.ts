@@ -3,7 +3,7 @@ import net from 'node:net';
 import { native } from '../shared/native.js';
 import { ClientSession, type SessionContext } from './client-session.js';
 import type { Logger } from './logger.js';
-import { closeUnix, listenFd, listenUnix } from './unix-listen.js';
+import { closeUnix, listenOn, type ListenOn } from './unix-listen.js';
 import type { Peer } from './validate.js';
 
 export class ApiServer {
@@ -20,10 +20,8 @@ export class ApiServer {
   }
 
   /** Listens on a path we create, or on a socket passed to us (whose file is not ours to remove). */
-  async listen(where: { path: string; mode: number } | { fd: number }): Promise<void> {
-    if ('fd' in where) return listenFd(this.server, where.fd);
-    await listenUnix(this.server, where.path, where.mode);
-    this.socketPath = where.path;
+  async listen(where: ListenOn): Promise<void> {
+    this.socketPath = await listenOn(this.server, where);
   }
 
   /**

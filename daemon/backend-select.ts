@@ -13,22 +13,28 @@ export interface BackendChoice {
   note: string;
 }
 
-export function gpuUnavailableReason(): string | null {
-  if (!native.gpu) return 'this build of nccld has no GPU support';
+/** The GPU stack as this machine has it, or why it cannot be used. */
+function probeGpus(): { visible: number[] } | { reason: string } {
+  if (!native.gpu) return { reason: 'this build of nccld has no GPU support' };
   const probe = native.gpu.probe();
-  return probe.available ? null : (probe.reason ?? 'unknown reason');
+  return probe.available ? { visible: probe.devices.map((d) => d.ordinal) } : { reason: probe.reason ?? 'unknown reason' };
+}
+
+export function gpuUnavailableReason(): string | null {
+  const p = probeGpus();
+  return 'reason' in p ? p.reason : null;
 }
 
 export function chooseBackend(cfg: Config): BackendChoice {
   if (cfg.backend === 'host') {
     return { backend: 'host', devices: Array(cfg.ranks).fill(null), note: 'chosen with --backend host' };
   }
-  const reason = gpuUnavailableReason();
-  if (reason !== null) {
-    if (cfg.backend === 'nccl') throw new NccldError(ErrorCodes.GPU_UNAVAILABLE, `the nccl backend is unavailable: ${reason}`);
-    return { backend: 'host', devices: Array(cfg.ranks).fill(null), note: `GPU backend unavailable: ${reason}` };
+  const probe = probeGpus();
+  if ('reason' in probe) {
+    if (cfg.backend === 'nccl') throw new NccldError(ErrorCodes.GPU_UNAVAILABLE, `the nccl backend is unavailable: ${probe.reason}`);
+    return { backend: 'host', devices: Array(cfg.ranks).fill(null), note: `GPU backend unavailable: ${probe.reason}` };
   }
-  const visible = native.gpu!.probe().devices.map((d) => d.ordinal);
+  const { visible } = probe;
   const devices = cfg.devices ?? visible;
   const missing = devices.filter((d) => !visible.includes(d));
   if (missing.length > 0) {

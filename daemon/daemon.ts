@@ -11,7 +11,7 @@ import { FlightRecorder } from './flight-recorder.js';
 import { Scheduler } from './scheduler.js';
 import { Stats } from './stats.js';
 import { Notifier, takeListenFds } from './systemd.js';
-import type { DaemonStatus } from './status.js';
+import { rankStatus, type DaemonStatus } from './status.js';
 import { World } from './world.js';
 
 /** NCCL ranks order work on their own streams; this many collectives may be on the ranks at once. */
@@ -149,23 +149,14 @@ export class Daemon {
       world: { state: w.state, size: w.size, failure: w.failure, generation: w.generation, rebuilds: w.rebuilds, lastBreak: w.lastBreak },
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       requests: {
-        served: this.scheduler.served,
-        failed: this.scheduler.failed,
+        served: this.stats.completedCount,
+        failed: this.stats.failedCount,
         waiting: this.scheduler.waiting,
         running: this.scheduler.running,
         lastSeq: this.scheduler.lastSeq,
       },
       clients: this.api.sessions.size,
-      ranks: w.ranks.map((r) => ({
-        rank: r.rank,
-        pid: r.pid ?? null,
-        device: r.device,
-        deviceName: r.deviceName,
-        state: r.state,
-        collectivesDone: r.collectivesDone,
-        inFlight: r.inFlight,
-        lastError: r.lastError,
-      })),
+      ranks: w.ranks.map(rankStatus),
     };
   }
 }

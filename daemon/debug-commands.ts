@@ -3,7 +3,7 @@
 import type { Daemon } from './daemon.js';
 import type { OpRecord } from './flight-recorder.js';
 import { LOG_LEVELS } from './config.js';
-import { formatStatus } from './status.js';
+import { formatStatus, pad } from './status.js';
 
 export interface Answer {
   lines: string[];
@@ -32,9 +32,6 @@ export const HELP = [
 
 const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
 
-function pad(cells: (string | number)[], widths: number[]): string {
-  return cells.map((c, i) => String(c).padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-}
 
 function opLine(o: OpRecord): string {
   const ranks = o.ranks.length ? o.ranks.map((s, r) => `${r}:${s}`).join(' ') : '-';
@@ -55,17 +52,7 @@ export class DebugCommands {
         return { lines: formatStatus(s), data: s };
       }
       case 'ranks': {
-        const ranks = d.world.ranks.map((r) => ({
-          rank: r.rank,
-          pid: r.pid ?? null,
-          device: r.device,
-          deviceName: r.deviceName,
-          state: r.state,
-          generation: r.generation,
-          collectivesDone: r.collectivesDone,
-          inFlight: r.inFlight,
-          lastError: r.lastError,
-        }));
+        const ranks = d.status().ranks;
         const w = [4, 8, 8, 9, 10, 11, 9];
         return {
           lines: [

@@ -2,7 +2,7 @@
 // Every reply ends with a line `OK` or `ERROR: <reason>`, and the connection stays usable.
 import net from 'node:net';
 import type { Logger } from './logger.js';
-import { closeUnix, listenFd, listenUnix } from './unix-listen.js';
+import { closeUnix, listenOn, type ListenOn } from './unix-listen.js';
 import type { Answer, DebugCommands } from './debug-commands.js';
 
 const MAX_LINE_BYTES = 4096;
@@ -16,10 +16,13 @@ const INTERACTIVE_IDLE_MS = 10 * 60_000;
 
 /** One debug connection's mode: one-shot (the default) or interactive, and whether it asked to quit. */
 interface Session {
+  socket: net.Socket;
   interactive: boolean;
   quitting: boolean;
   json: boolean;
-  armIdle: () => void;
+  /** The last reply queued: replies go out in the order commands came. */
+  tail: Promise<void>;
+  idle: NodeJS.Timeout | undefined;
 }
 
 export class DebugServer {
@@ -35,10 +38,8 @@ export class DebugServer {
   }
 
   /** Listens on a path we create, or on a socket passed to us (whose file is not ours to remove). */
-  async listen(where: { path: string; mode: number } | { fd: number }): Promise<void> {
-    if ('fd' in where) return listenFd(this.server, where.fd);
-    await listenUnix(this.server, where.path, where.mode);
-    this.socketPath = where.path;
+  async listen(where: ListenOn): Promise<void> {
+    this.socketPath = await listenOn(this.server, where);
   }
 
   async close(): Promise<void> {
@@ -55,18 +56,12 @@ export class DebugServer {
     socket.on('error', () => {});
     let buffered = '';
     let discarding = false;
-    let idle: NodeJS.Timeout | undefined;
-    const session: Session = { interactive: false, quitting: false, json: false, armIdle: () => {} };
-    session.armIdle = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => socket.end(), session.interactive ? INTERACTIVE_IDLE_MS : ONE_SHOT_IDLE_MS);
-    };
-    this.sessions.set(socket, session);
-    socket.on('close', () => clearTimeout(idle));
+    const session: Session = { socket, interactive: false, quitting: false, json: false, tail: Promise.resolve(), idle: undefined };
+    socket.on('close', () => clearTimeout(session.idle));
     socket.setEncoding('utf8');
     const tooLong = `ERROR: line longer than ${MAX_LINE_BYTES} bytes\n`;
     socket.on('data', (chunk: string) => {
-      clearTimeout(idle);
+      clearTimeout(session.idle);
       buffered += chunk;
       let nl: number;
       while ((nl = buffered.indexOf('\n')) >= 0) {
@@ -77,7 +72,7 @@ export class DebugServer {
         } else if (Buffer.byteLength(line) > MAX_LINE_BYTES) {
           socket.write(tooLong);
         } else {
-          this.reply(socket, line.replace(/\r$/, '').trim());
+          this.reply(session, line.replace(/\r$/, '').trim());
         }
       }
       // A line still without its end, already too long: answer now, drop the rest of it.
@@ -89,23 +84,18 @@ export class DebugServer {
     });
     // `echo status | nc -U` may half-close before we answer: treat what is left as a last line.
     socket.on('end', () => {
-      if (buffered.trim() && !discarding) this.reply(socket, buffered.trim());
-      void (this.replies.get(socket) ?? Promise.resolve()).then(() => socket.end());
+      if (buffered.trim() && !discarding) this.reply(session, buffered.trim());
+      void session.tail.then(() => socket.end());
     });
   }
 
-  // Replies go out in the order commands came, even when one must ask the device processes.
-  private readonly replies = new WeakMap<net.Socket, Promise<void>>();
-  private readonly sessions = new WeakMap<net.Socket, Session>();
-
-  private reply(socket: net.Socket, line: string): void {
+  private reply(session: Session, line: string): void {
     if (line === '') return;
     const [command, ...args] = line.split(/\s+/);
     this.log.debug({ command, args }, 'debug command');
-    const session = this.sessions.get(socket)!;
+    const { socket } = session;
     // One command at a time, in order: `format json` or `log-level` applies to what follows it.
-    const before = this.replies.get(socket) ?? Promise.resolve();
-    const done: Promise<void> = before.then(async () => {
+    const done: Promise<void> = session.tail.then(async () => {
       let out: string[];
       try {
         const answer = await this.run(command.toLowerCase(), args, session);
@@ -117,9 +107,12 @@ export class DebugServer {
       if (socket.writable) socket.write(out.join('\n') + '\n');
       if (session.quitting) socket.end();
       // The last reply of a burst is out: a one-shot client gets its close soon.
-      else if (this.replies.get(socket) === done) session.armIdle();
+      else if (session.tail === done) {
+        clearTimeout(session.idle);
+        session.idle = setTimeout(() => socket.end(), session.interactive ? INTERACTIVE_IDLE_MS : ONE_SHOT_IDLE_MS);
+      }
     });
-    this.replies.set(socket, done);
+    session.tail = done;
   }
 
   private async run(command: string, args: string[], session: Session): Promise<Answer> {

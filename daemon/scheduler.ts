@@ -29,8 +29,6 @@ export interface SchedulerOptions {
 export class Scheduler {
   private nextSeq = 1;
   private readonly queue: PQueue;
-  served = 0;
-  failed = 0;
 
   constructor(
     private readonly world: World,
@@ -75,22 +73,15 @@ export class Scheduler {
       const seq = this.nextSeq++;
       this.recorder.started(rec, seq, this.world.generation, this.world.size);
       const t0 = performance.now();
-      try {
-        await this.world.run({ ...c, seq }, deadline, (rank, failed) => this.recorder.rankDone(seq, rank, failed));
-        this.served++;
-        this.stats.completed(bytes, performance.now() - t0);
-        return seq;
-      } catch (err) {
-        this.failed++;
-        throw err;
-      }
+      await this.world.run({ ...c, seq }, deadline, (rank, failed) => this.recorder.rankDone(seq, rank, failed));
+      this.stats.completed(bytes, performance.now() - t0);
+      return seq;
     });
     let timer: NodeJS.Timeout | undefined;
     const queuedTooLong = new Promise<number>((_, reject) => {
       timer = setTimeout(() => {
         if (started) return; // the world enforces the deadline from here on
         expired = true;
-        this.failed++;
         reject(new NccldError(ErrorCodes.TIMEOUT, `the deadline passed while the collective waited in the queue (${this.queue.size} waiting, ${this.queue.pending} running)`));
       }, Math.max(0, deadline - Date.now()));
     });

@@ -63,6 +63,14 @@ export class Stats {
     this.failed++;
   }
 
+  get completedCount(): number {
+    return this.collectives;
+  }
+
+  get failedCount(): number {
+    return this.failed;
+  }
+
   snapshot(): StatsSnapshot {
     const factor = this.nranks > 1 ? (2 * (this.nranks - 1)) / this.nranks : 1;
     return {

@@ -1,11 +1,14 @@
 // What the daemon reports about itself: one plain object, so the debug socket can print it as
-// text now and as JSON later, and tests can read the same facts.
+// text and as JSON, and tests can read the same facts.
+import type { RankProcess } from './rank-process.js';
 export interface RankStatus {
   rank: number;
   pid: number | null;
   device: number | null;
   deviceName: string | null;
   state: string;
+  /** The world generation this rank's current process joined. */
+  generation: number;
   collectivesDone: number;
   inFlight: number;
   lastError: string | null;
@@ -22,8 +25,22 @@ export interface DaemonStatus {
   ranks: RankStatus[];
 }
 
-function pad(cells: (string | number)[], widths: number[]): string {
+export function pad(cells: (string | number)[], widths: number[]): string {
   return cells.map((c, i) => String(c).padEnd(widths[i])).join('  ').trimEnd();
+}
+
+export function rankStatus(r: RankProcess): RankStatus {
+  return {
+    rank: r.rank,
+    pid: r.pid ?? null,
+    device: r.device,
+    deviceName: r.deviceName,
+    state: r.state,
+    generation: r.generation,
+    collectivesDone: r.collectivesDone,
+    inFlight: r.inFlight,
+    lastError: r.lastError,
+  };
 }
 
 export function formatStatus(s: DaemonStatus): string[] {

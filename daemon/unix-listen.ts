@@ -59,3 +59,15 @@ export function listenFd(server: net.Server, fd: number): Promise<void> {
     });
   });
 }
+
+export type ListenOn = { path: string; mode: number } | { fd: number };
+
+/** Listens where told; resolves with the socket file to remove on close (none for a passed fd). */
+export async function listenOn(server: net.Server, where: ListenOn): Promise<string | null> {
+  if ('fd' in where) {
+    await listenFd(server, where.fd);
+    return null;
+  }
+  await listenUnix(server, where.path, where.mode);
+  return where.path;
+}

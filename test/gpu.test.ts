@@ -5,10 +5,10 @@ import t from 'tap';
 import { connect, DeviceBuffer, DTYPE_NAMES, REDUCE_OP_NAMES, type Client, type DType, type ReduceOp } from '../dist/client/index.js';
 import { native } from '../dist/shared/native.js';
 import { DTYPES } from '../dist/shared/dtypes.js';
-import { typedArray } from '../dist/shared/typed-arrays.js';
-import { compare, fromNumbers, randomInputs, reference, toNumbers } from '../dist/client/verify.js';
+import { readValues, writeValues } from '../dist/client/rank-buffers.js';
+import { compare, randomInputs, reference } from '../dist/client/verify.js';
 import { performance } from 'node:perf_hooks';
-import { debugCommand, startDaemon, until } from './helpers/daemon.js';
+import { debugCommand, devicePids, startDaemon, until } from './helpers/daemon.js';
 
 const probe = native.gpu?.probe();
 const skip = !probe?.available ? `no GPU backend here: ${probe?.reason ?? 'no GPU support in this build'}` : false;
@@ -26,13 +26,8 @@ async function gpuRun(client: Client, dtype: DType, op: ReduceOp, count: number,
   const n = client.worldSize;
   const bytes = Math.max(1, count * DTYPES[dtype].bytes);
   const inputs = randomInputs(dtype, op, n, count, seed);
-  const buffers = client.server.devices.map((dev, r) => {
-    const b = DeviceBuffer.alloc(dev!, bytes);
-    const staging = typedArray(dtype, count);
-    fromNumbers(staging, dtype, inputs[r]);
-    b.write(staging);
-    return b;
-  });
+  const buffers = client.server.devices.map((dev) => DeviceBuffer.alloc(dev!, bytes));
+  buffers.forEach((b, r) => writeValues(b, dtype, count, inputs[r]));
   const { seq } = await client.allReduce({ buffers, dtype, op, count, ...(timeoutMs ? { timeoutMs } : {}) }).catch(async (e) => {
     for (const b of buffers) await b.free();
     throw e;
@@ -41,7 +36,7 @@ async function gpuRun(client: Client, dtype: DType, op: ReduceOp, count: number,
   let mismatches = 0;
   const first: unknown[] = [];
   buffers.forEach((b, r) => {
-    const res = compare(toNumbers(b.read(typedArray(dtype, count)), dtype), ref, r, 3);
+    const res = compare(readValues(b, dtype, count), ref, r, 3);
     mismatches += res.mismatches;
     first.push(...res.first);
   });
@@ -131,7 +126,7 @@ t.test('nccl backend faults: a killed device process, a hung rank', { skip }, as
   t.teardown(() => d.stop());
   const client = await connect(d.socket);
   t.teardown(() => client.close());
-  const pids = (await debugCommand(d.debugSocket, 'status')).split('\n').flatMap((l) => /^(\d+)\s+(\d+)\s/.exec(l)?.[2] ?? []).map(Number);
+  const pids = await devicePids(d.debugSocket);
   // Pipelined load on kept buffers, then kill rank 0's process in the middle of it.
   const keep = await Promise.all(Array.from({ length: 8 }, (_, i) => gpuRun(client, 'f32', 'sum', 1 << 20, 500 + i, true)));
   let stop = false;

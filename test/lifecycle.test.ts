@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { connect } from '../dist/client/index.js';
-import { NCCLD, alive, debugCommand, devicePids, startDaemon } from './helpers/daemon.js';
+import { NCCLD, alive, debugCommand, devicePids, startDaemon, until } from './helpers/daemon.js';
 import { allocFilled, check } from './helpers/buffers.js';
 
 
@@ -82,8 +82,7 @@ t.test('a stale socket file is replaced; a live daemon is not', async (t) => {
   await d1.exited;
   t.teardown(() => rmSync(d1.dir, { recursive: true, force: true }));
   t.ok(existsSync(d1.socket), 'the dead daemon left its socket file');
-  const deadline = Date.now() + 5000;
-  while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await until('its device processes to follow it', () => !pids.some(alive), 5000).catch(() => {});
   t.notOk(pids.some(alive), 'its device processes followed it within seconds');
 
   const d2 = await startDaemon(['--backend', 'host', '--ranks', '1'], { paths: { socket: d1.socket, debugSocket: d1.debugSocket } });

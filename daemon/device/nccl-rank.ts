@@ -63,7 +63,7 @@ export class NcclRank {
   /** Opens (or finds) a client's buffer; what the daemon needs to check requests against it. */
   open(client: number, ref: BufferRef): { size: number; device: number } {
     const b = this.buffer(client, ref);
-    return { size: b.mapping.size - Number(b.mapping.ptr - b.mapping.base), device: b.mapping.device };
+    return { size: usableBytes(b.mapping), device: b.mapping.device };
   }
 
   /** Hands the collective to NCCL now (so order is kept) and resolves when the GPU has finished it. */
@@ -80,7 +80,7 @@ export class NcclRank {
     const info = DTYPES[job.dtype];
     const offset = ref.offset ?? 0;
     const end = offset + job.count * info.bytes;
-    const size = b.mapping.size - Number(b.mapping.ptr - b.mapping.base);
+    const size = usableBytes(b.mapping);
     if (end > size) {
       return Promise.reject(new NccldError(ErrorCodes.BUFFER_TOO_SMALL, `rank ${this.rank}: the collective needs ${end} bytes, the allocation holds ${size}`));
     }
@@ -176,6 +176,11 @@ export class NcclRank {
     mine.set(key, b);
     return b;
   }
+}
+
+/** Bytes from the mapped pointer to the end of its allocation. */
+function usableBytes(m: IpcMapping): number {
+  return m.size - Number(m.ptr - m.base);
 }
 
 function gpu() {
