@@ -1,17 +1,21 @@
 // Module entry point: registers every native piece on the exports object.
 #include <napi.h>
 
+#include "fd_utils.h"
 #include "gpu/gpu.h"
 #include "parent_death.h"
 #include "peer_credentials.h"
 #include "reduce_worker.h"
 #include "sd_notify.h"
 #include "shm_segment.h"
+#include "unix_connection.h"
 
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nccld::ShmSegment::Init(env, exports);   // ShmSegment, shmUnlink
+  nccld::UnixConnection::Init(env, exports);
+  nccld::InitFdUtils(env, exports);  // memfdCreate, fdInfo, SEALS, sendFds, recvFds...
   nccld::ReduceWorker::Init(env, exports); // reduceSlice, sliceBounds
   nccld::InitPeerCredentials(env, exports);
   nccld::InitParentDeath(env, exports);  // setParentDeathSignal

@@ -27,6 +27,9 @@ namespace {
   X(EINPROGRESS) X(ESTALE) X(EUCLEAN) X(ENOTNAM) X(ENAVAIL) X(EISNAM) X(EREMOTEIO) X(EDQUOT) \
   X(ENOMEDIUM) X(EMEDIUMTYPE) X(ECANCELED) X(ENOKEY) X(EKEYEXPIRED) X(EKEYREVOKED) X(EKEYREJECTED) X(EOWNERDEAD) \
   X(ENOTRECOVERABLE) X(ERFKILL) X(EHWPOISON)
+
+}  // namespace
+
 const char* ErrnoName(int err) {
   switch (err) {
 #define X(e) case e: return #e;
@@ -36,8 +39,6 @@ const char* ErrnoName(int err) {
   }
 }
 #undef NCCLD_ERRNO_NAMES
-
-}  // namespace
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what, const char* syscall) {
   char msgbuf[256];

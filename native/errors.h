@@ -6,12 +6,13 @@
 
 #include <string>
 
+// kErrInvalidArg, kErrBufferClosed...: generated at build time from shared/errors.ts.
+#include "error_codes.h"
+
 namespace nccld {
 
-constexpr const char* kErrInvalidArg = "NCCLD_ERR_INVALID_ARG";
-constexpr const char* kErrBufferClosed = "NCCLD_ERR_BUFFER_CLOSED";
-constexpr const char* kErrBufferTooSmall = "NCCLD_ERR_BUFFER_TOO_SMALL";
-constexpr const char* kErrBadAlignment = "NCCLD_ERR_BAD_ALIGNMENT";
+// The errno name of `err` ('ECONNRESET'), as Node reports it in `code`; "EUNKNOWN" if unknown.
+const char* ErrnoName(int err);
 
 // `what` names the failed call, e.g. shm_open("/x"); the message becomes
 // `what: strerror(err)` and code the errno name. The error also gets `syscall` and `errno`.

@@ -23,11 +23,11 @@ struct ShmSegmentClass {
   Napi::FunctionReference ctor;
 };
 
-// What create()/open() pass to the constructor, wrapped in an External so that JS
+// What create()/open()/fromFd() pass to the constructor, wrapped in an External so that JS
 // (which cannot make Externals) cannot construct a segment itself.
 struct PendingSegment {
   std::string name;
-  int fd;
+  int fd;  // -1 for fromFd: the segment keeps no fd
   std::shared_ptr<ShmMapping> mapping;
 };
 
@@ -40,6 +40,7 @@ void ShmSegment::Init(Napi::Env env, Napi::Object exports) {
       {
           StaticMethod("create", &ShmSegment::Create, napi_default, cls),
           StaticMethod("open", &ShmSegment::Open, napi_default, cls),
+          StaticMethod("fromFd", &ShmSegment::FromFd, napi_default, cls),
           InstanceAccessor<&ShmSegment::GetName>("name"),
           InstanceAccessor<&ShmSegment::GetSize>("size"),
           InstanceAccessor<&ShmSegment::GetClosed>("closed"),
@@ -73,7 +74,7 @@ bool ShmSegment::IsSelf(const Napi::CallbackInfo& info) {
 
 ShmSegment::ShmSegment(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ShmSegment>(info) {
   if (info.Length() != 1 || !info[0].IsExternal()) {
-    ThrowCoded(info.Env(), kErrInvalidArg, "use ShmSegment.create() or ShmSegment.open()", true);
+    ThrowCoded(info.Env(), kErrInvalidArg, "use ShmSegment.create(), .open() or .fromFd()", true);
     return;
   }
   auto* pending = info[0].As<Napi::External<PendingSegment>>().Data();
@@ -180,6 +181,42 @@ Napi::Value ShmSegment::Open(const Napi::CallbackInfo& info) {
   return Wrap(info, name, fd, std::make_shared<ShmMapping>(addr, bytes));
 }
 
+// ShmSegment.fromFd(fd, label): maps a whole sealed memfd. The fd stays the caller's, and the
+// segment keeps none: a mapping outlives its fd, so the daemon can hold thousands of buffers
+// without thousands of open fds.
+Napi::Value ShmSegment::FromFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  std::string label;
+  if (!ToFd(info[0], &fd) || !ToCString(info[1], &label)) {
+    ThrowCoded(env, kErrInvalidArg, "ShmSegment.fromFd(fd: number, label: string)", true);
+    return Napi::Value();
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    ThrowErrno(env, errno, "fstat(" + Quoted(label) + ")", "fstat");
+    return Napi::Value();
+  }
+  if (st.st_size <= 0) {
+    ThrowCoded(env, kErrBadBuffer, "ShmSegment.fromFd(" + Quoted(label) + "): the file is empty");
+    return Napi::Value();
+  }
+  // Without this seal the sender could truncate the file and SIGBUS the daemon mid-reduction;
+  // with it the size is fixed, which is what lets the segment drop the fd.
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
+    ThrowCoded(env, kErrBadBuffer, "ShmSegment.fromFd(" + Quoted(label) + "): not a memfd sealed against shrinking");
+    return Napi::Value();
+  }
+  size_t bytes = static_cast<size_t>(st.st_size);
+  void* addr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (addr == MAP_FAILED) {
+    ThrowErrno(env, errno, "mmap(" + Quoted(label) + ")", "mmap");
+    return Napi::Value();
+  }
+  return Wrap(info, label, -1, std::make_shared<ShmMapping>(addr, bytes));
+}
+
 Napi::Value ShmSegment::Unlink(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name;
@@ -192,6 +229,12 @@ Napi::Value ShmSegment::Unlink(const Napi::CallbackInfo& info) {
 }
 
 int ShmSegment::CurrentSize(uint64_t* out) const {
+  if (closed_) return EBADF;
+  if (fd_ < 0) {
+    // fromFd: FromFd insisted on F_SEAL_SHRINK, so the file can never shrink under the mapping.
+    *out = size_;
+    return 0;
+  }
   struct stat st;
   if (fstat(fd_, &st) != 0) return errno;
   *out = st.st_size > 0 ? static_cast<uint64_t>(st.st_size) : 0;
@@ -267,8 +310,9 @@ Napi::Value ShmSegment::Close(const Napi::CallbackInfo& info) {
     buffer_hold_ = nullptr;
   }
   mapping_.reset();  // unmaps here unless a reduction still holds the mapping
-  close(fd_);
+  if (fd_ >= 0) close(fd_);
   fd_ = -1;
+  closed_ = true;
   return Napi::Value();
 }
 

@@ -1,4 +1,5 @@
-// ShmSegment: a POSIX shared-memory object mapped read/write into this process.
+// ShmSegment: a shared-memory object mapped read/write into this process: a POSIX one by name
+// (create/open), or a sealed memfd handed over as an fd (fromFd).
 #pragma once
 
 #include <napi.h>
@@ -13,7 +14,7 @@ namespace nccld {
 
 class ShmSegment : public Napi::ObjectWrap<ShmSegment> {
  public:
-  // Exports ShmSegment (with static create/open) and shmUnlink.
+  // Exports ShmSegment (with static create/open/fromFd) and shmUnlink.
   static void Init(Napi::Env env, Napi::Object exports);
 
   // The segment behind `v`, or nullptr when `v` is not a ShmSegment. Checked by type tag,
@@ -24,15 +25,17 @@ class ShmSegment : public Napi::ObjectWrap<ShmSegment> {
   ~ShmSegment() override;
 
   const std::string& name() const { return name_; }
-  bool closed() const { return fd_ < 0; }
+  bool closed() const { return closed_; }
   // Null once closed.
   const std::shared_ptr<ShmMapping>& mapping() const { return mapping_; }
-  // The object's size right now (fstat); 0 on success, else errno.
+  // The object's size right now (fstat), or the mapped size for a segment made by fromFd,
+  // whose memfd is sealed against shrinking; 0 on success, else errno.
   int CurrentSize(uint64_t* out) const;
 
  private:
   static Napi::Value Create(const Napi::CallbackInfo& info);
   static Napi::Value Open(const Napi::CallbackInfo& info);
+  static Napi::Value FromFd(const Napi::CallbackInfo& info);
   static Napi::Value Unlink(const Napi::CallbackInfo& info);
   // Wraps a freshly mapped object into a JS ShmSegment; on failure cleans up and returns empty.
   static Napi::Value Wrap(const Napi::CallbackInfo& info, const std::string& name, int fd,
@@ -55,7 +58,8 @@ class ShmSegment : public Napi::ObjectWrap<ShmSegment> {
 
   std::string name_;
   size_t size_ = 0;
-  int fd_ = -1;  // kept for currentSize(); -1 once closed
+  int fd_ = -1;  // kept for currentSize(); -1 once closed, and always for fromFd segments
+  bool closed_ = false;
   std::shared_ptr<ShmMapping> mapping_;
   // Strong ref: keeps buffer() returning the same object, and keeps the buffer (hence
   // buffer_hold_) alive for as long as this segment is.

@@ -36,8 +36,20 @@ export const ErrorCodes = {
   BAD_ALIGNMENT: 'NCCLD_ERR_BAD_ALIGNMENT',
   /** The buffer belongs to another user. */
   PERMISSION: 'NCCLD_ERR_PERMISSION',
-  /** Too many requests in flight for this client (or in the daemon): retry later. */
+  /** Too many requests in flight for this client process (or in the daemon): retry later. */
   BUSY: 'NCCLD_ERR_BUSY',
+  /** The daemon, or this user, has as many connections as it allows; the connection is closed. */
+  TOO_MANY_CONNECTIONS: 'NCCLD_ERR_TOO_MANY_CONNECTIONS',
+  /** No hello within the daemon's hello deadline; the connection is closed. */
+  HELLO_TIMEOUT: 'NCCLD_ERR_HELLO_TIMEOUT',
+  /** The client left too many reply bytes unread for too long; the connection is closed. */
+  SLOW_READER: 'NCCLD_ERR_SLOW_READER',
+  /** This client process has registered as many buffers as it may; release some first. */
+  TOO_MANY_BUFFERS: 'NCCLD_ERR_TOO_MANY_BUFFERS',
+  /** Memory handed over that cannot be used safely: not a sealed memfd, or of no size. */
+  BAD_BUFFER: 'NCCLD_ERR_BAD_BUFFER',
+  /** The daemon ran out of a system resource (file descriptors, memory maps, processes): retry later. */
+  RESOURCE_EXHAUSTED: 'NCCLD_ERR_RESOURCE_EXHAUSTED',
   /** The daemon is stopping and takes no new work. */
   SHUTTING_DOWN: 'NCCLD_ERR_SHUTTING_DOWN',
   /** The world is not (yet, or any more) able to run collectives. */
@@ -60,6 +72,12 @@ export const ErrorCodes = {
   CONNECTION_CLOSED: 'NCCLD_ERR_CONNECTION_CLOSED',
   /** Could not reach the daemon at all (SDK side). */
   CONNECT: 'NCCLD_ERR_CONNECT',
+  /** A native function was called with bad arguments: a bug in nccld. */
+  INVALID_ARG: 'NCCLD_ERR_INVALID_ARG',
+  /** A shared-memory buffer used after it was closed. */
+  BUFFER_CLOSED: 'NCCLD_ERR_BUFFER_CLOSED',
+  /** A native object (connection, GPU device or communicator) used after it was closed. */
+  CLOSED: 'NCCLD_ERR_CLOSED',
   /** A bug in nccld: please report it with the daemon's log. */
   INTERNAL: 'NCCLD_ERR_INTERNAL',
 } as const;

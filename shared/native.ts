@@ -17,6 +17,79 @@ export interface ShmSegment {
 export interface ShmSegmentClass {
   create(name: string, bytes: number, mode: number): ShmSegment;
   open(name: string): ShmSegment;
+  /**
+   * Maps the whole of a memfd sealed against shrinking (else NCCLD_ERR_BAD_BUFFER, as for an
+   * empty one) MAP_SHARED read/write. Takes no ownership of `fd` and keeps none: close it
+   * whenever you like, the mapping stays. `name` is `label`; currentSize() is the mapped size.
+   */
+  fromFd(fd: number, label: string): ShmSegment;
+}
+
+export interface UnixConnectionHandlers {
+  /**
+   * One call per recvmsg: the bytes, and any fds received with them (SCM_RIGHTS, already
+   * CLOEXEC; JS owns and must close them). Fds come in the chunk that holds the first byte of
+   * the write that carried them, never earlier or later. fdsTruncated: the kernel dropped some
+   * (MSG_CTRUNC); those received are still given.
+   */
+  onData(chunk: Buffer, fds: number[], fdsTruncated: boolean): void;
+  /** The write queue became empty after having been non-empty. */
+  onDrain(): void;
+  /**
+   * Exactly once, never from inside a call into the connection: the peer closed, or close()
+   * or end() (err null), or an error (err = errno name such as 'ECONNRESET' or 'EPIPE').
+   * The fd is already closed by then.
+   */
+  onClose(err: string | null): void;
+}
+
+export interface UnixConnection {
+  /** -1 once closed. */
+  readonly fd: number;
+  /** Bytes queued in user space, not yet accepted by the kernel. */
+  readonly writableLength: number;
+  /**
+   * Sends now what the kernel takes and queues (copies) the rest. `fds` (at most 16) go with
+   * the first byte of `data`, which must then hold at least one byte; they are dup'ed if they
+   * must be queued, so the caller may close its own copies right after. Returns writableLength.
+   * Throws NCCLD_ERR_CLOSED after close() or end(), EBADF for an fd that is not open; a failed
+   * send closes the connection and is reported through onClose on a later turn.
+   */
+  write(data: Uint8Array, fds?: number[]): number;
+  /** Stops reading (no onData until resume()). Nothing is watched while paused with nothing
+   *  queued: a hang-up is noticed at resume(), or when a write fails. */
+  pause(): void;
+  resume(): void;
+  /** Closes once the write queue is empty (now if it is), then onClose(null). Reading goes on until then. */
+  end(): void;
+  /** Closes now; queued bytes are dropped; onClose(null) follows (on a later turn) unless it fired already. */
+  close(): void;
+}
+
+export interface UnixConnectionClass {
+  /**
+   * Takes ownership of a connected Unix stream socket fd (sets O_NONBLOCK) and starts reading.
+   * If it throws, the fd is still the caller's. The handlers are read once, here.
+   */
+  adopt(fd: number, handlers: UnixConnectionHandlers): UnixConnection;
+}
+
+export interface FdInfo {
+  size: number;
+  /** F_GET_SEALS, or -1 when the fd is not a sealable memfd. */
+  seals: number;
+  uid: number;
+  /** Permission bits (st_mode & 0o7777). */
+  mode: number;
+  type: 'file' | 'socket' | 'other';
+}
+
+export interface Seals {
+  readonly SEAL: number;
+  readonly SHRINK: number;
+  readonly GROW: number;
+  readonly WRITE: number;
+  readonly FUTURE_WRITE: number;
 }
 
 export interface GpuDeviceInfo {
@@ -44,6 +117,8 @@ export interface IpcMapping {
 export interface GpuDevice {
   readonly ordinal: number;
   readonly name: string;
+  /** "GPU-xxxxxxxx-...", as nvidia-smi -L prints it (undefined in builds without it). */
+  readonly uuid?: string;
   readonly pciBusId: string;
   openIpcHandle(handle: Uint8Array): IpcMapping;
   closeIpcHandle(ptr: bigint): void;
@@ -99,6 +174,36 @@ export interface NativeAddon {
   setParentDeathSignal(expectedParentPid: number): boolean;
   /** One datagram to $NOTIFY_SOCKET; false when it is unset. */
   sdNotify(state: string): boolean;
+  UnixConnection: UnixConnectionClass;
+  /**
+   * memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING) of `bytes` (> 0) bytes, pages reserved
+   * (posix_fallocate: ENOSPC now rather than SIGBUS later), sealed SHRINK | GROW | SEAL.
+   */
+  memfdCreate(name: string, bytes: number): number;
+  fdInfo(fd: number): FdInfo;
+  SEALS: Seals;
+  closeFd(fd: number): void;
+  /** F_DUPFD_CLOEXEC. */
+  dupFd(fd: number): number;
+  /** AF_UNIX, SOCK_CLOEXEC | SOCK_NONBLOCK. */
+  socketPair(type: 'stream' | 'seqpacket'): [number, number];
+  /**
+   * One sendmsg (MSG_NOSIGNAL | MSG_DONTWAIT) of `data` (at least one byte) with `fds` (at most
+   * 16) attached. Meant for seqpacket sockets. Throws an errno error (EAGAIN included); on a
+   * stream socket a partial send throws code EAGAIN with `bytesSent` (the fds did go).
+   */
+  sendFds(sock: number, data: Uint8Array, fds: number[]): void;
+  /**
+   * One recvmsg (MSG_DONTWAIT | MSG_CMSG_CLOEXEC) of up to `maxBytes` (at most 64 MiB) and 16
+   * fds; null when nothing is waiting. Empty data with no fds: the peer closed. truncated: a
+   * seqpacket message longer than maxBytes lost its tail; fdsTruncated: fds were dropped.
+   */
+  recvFds(
+    sock: number,
+    maxBytes: number,
+  ): { data: Buffer; fds: number[]; truncated: boolean; fdsTruncated: boolean } | null;
+  /** Raises RLIMIT_NOFILE's soft limit to the hard limit; the new values (Infinity if unlimited). */
+  raiseFdLimit(): { soft: number; hard: number };
   gpu?: GpuModule;
 }
 

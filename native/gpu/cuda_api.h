@@ -41,6 +41,7 @@ struct Api {
   Result (*DeviceGetCount)(int*);                                    // cuDeviceGetCount
   Result (*DeviceGetName)(char*, int, Device);                       // cuDeviceGetName
   Result (*DeviceGetPCIBusId)(char*, int, Device);                   // cuDeviceGetPCIBusId
+  Result (*DeviceGetUuid)(unsigned char (*)[16], Device);            // cuDeviceGetUuid_v2 (CUuuid: 16 bytes)
   Result (*DeviceTotalMem)(std::size_t*, Device);                    // cuDeviceTotalMem_v2
   Result (*DevicePrimaryCtxRetain)(Context*, Device);                // cuDevicePrimaryCtxRetain
   Result (*DevicePrimaryCtxRelease)(Device);                         // cuDevicePrimaryCtxRelease_v2

@@ -28,6 +28,7 @@ CudaLib::CudaLib() {
             Resolve(lib, "cuDeviceGetCount", &api_.DeviceGetCount, &why) &&
             Resolve(lib, "cuDeviceGetName", &api_.DeviceGetName, &why) &&
             Resolve(lib, "cuDeviceGetPCIBusId", &api_.DeviceGetPCIBusId, &why) &&
+            Resolve(lib, "cuDeviceGetUuid_v2", &api_.DeviceGetUuid, &why) &&
             Resolve(lib, "cuDeviceTotalMem_v2", &api_.DeviceTotalMem, &why) &&
             Resolve(lib, "cuDevicePrimaryCtxRetain", &api_.DevicePrimaryCtxRetain, &why) &&
             Resolve(lib, "cuDevicePrimaryCtxRelease_v2", &api_.DevicePrimaryCtxRelease, &why) &&

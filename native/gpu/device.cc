@@ -16,6 +16,7 @@ Napi::Function Device::Define(Napi::Env env) {
                      {InstanceAccessor<&Device::GetOrdinal>("ordinal"),
                       InstanceAccessor<&Device::GetName>("name"),
                       InstanceAccessor<&Device::GetPciBusId>("pciBusId"),
+                      InstanceAccessor<&Device::GetUuid>("uuid"),
                       InstanceMethod<&Device::OpenIpcHandle>("openIpcHandle"),
                       InstanceMethod<&Device::CloseIpcHandle>("closeIpcHandle"),
                       InstanceMethod<&Device::Stats>("stats"),
@@ -45,6 +46,7 @@ Device::Device(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Device>(info) 
   }
   name_ = ctx_->name();
   pciBusId_ = ctx_->pciBusId();
+  uuid_ = ctx_->uuid();
   info.This().As<Napi::Object>().TypeTag(&kDeviceTag);
 }
 
@@ -58,6 +60,10 @@ Napi::Value Device::GetName(const Napi::CallbackInfo& info) {
 
 Napi::Value Device::GetPciBusId(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), pciBusId_);
+}
+
+Napi::Value Device::GetUuid(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), uuid_);
 }
 
 Napi::Value Device::OpenIpcHandle(const Napi::CallbackInfo& info) {

@@ -23,6 +23,7 @@ class Device : public Napi::ObjectWrap<Device> {
   Napi::Value GetOrdinal(const Napi::CallbackInfo& info);
   Napi::Value GetName(const Napi::CallbackInfo& info);
   Napi::Value GetPciBusId(const Napi::CallbackInfo& info);
+  Napi::Value GetUuid(const Napi::CallbackInfo& info);
   Napi::Value OpenIpcHandle(const Napi::CallbackInfo& info);
   Napi::Value CloseIpcHandle(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
@@ -32,6 +33,7 @@ class Device : public Napi::ObjectWrap<Device> {
   int ordinal_ = -1;
   std::string name_;
   std::string pciBusId_;
+  std::string uuid_;
   uint64_t closedOpens_ = 0;   // stats survive close()
   uint64_t closedCloses_ = 0;
 };

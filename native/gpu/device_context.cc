@@ -28,6 +28,17 @@ std::shared_ptr<DeviceContext> DeviceContext::Open(int ordinal, GpuError* err) {
     return nullptr;
   }
   d->pciBusId_ = bus;
+  // The UUID names the GPU whatever CUDA_VISIBLE_DEVICES says: clients match ordinals by it.
+  unsigned char uuid[16] = {0};
+  if ((r = api.DeviceGetUuid(&uuid, d->device_)) != cu::kSuccess) {
+    *err = GpuError::Cuda(r, "cuDeviceGetUuid");
+    return nullptr;
+  }
+  char text[48];
+  std::snprintf(text, sizeof text, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", uuid[0], uuid[1],
+                uuid[2], uuid[3], uuid[4], uuid[5], uuid[6], uuid[7], uuid[8], uuid[9], uuid[10], uuid[11], uuid[12],
+                uuid[13], uuid[14], uuid[15]);
+  d->uuid_ = text;
   if ((r = api.DevicePrimaryCtxRetain(&d->ctx_, d->device_)) != cu::kSuccess) {
     *err = GpuError::Cuda(r, "cuDevicePrimaryCtxRetain");
     return nullptr;

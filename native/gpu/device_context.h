@@ -34,6 +34,7 @@ class DeviceContext {
   cu::Stream stream() const { return stream_; }
   const std::string& name() const { return name_; }
   const std::string& pciBusId() const { return pciBusId_; }
+  const std::string& uuid() const { return uuid_; }
 
   GpuError OpenIpc(const cu::IpcMemHandle& handle, IpcMapping* out);
   GpuError CloseIpc(cu::DevicePtr ptr);
@@ -49,6 +50,7 @@ class DeviceContext {
   cu::Stream stream_ = nullptr;
   std::string name_;
   std::string pciBusId_;
+  std::string uuid_;
   // The driver refcounts repeated opens of one handle and returns the same pointer each time.
   std::unordered_map<cu::DevicePtr, unsigned> mapped_;
   uint64_t ipcOpens_ = 0;

@@ -1,6 +1,7 @@
 #include "gpu_error.h"
 
 #include "cuda_lib.h"
+#include "error_codes.h"
 #include "nccl_lib.h"
 
 namespace nccld {
@@ -15,7 +16,7 @@ Napi::Error GpuError::ToJs(Napi::Env env) const {
 GpuError GpuError::Cuda(cu::Result r, const std::string& call) {
   const CudaLib& lib = CudaLib::Get();
   GpuError e;
-  e.code = "NCCLD_ERR_CUDA";
+  e.code = kErrCuda;
   e.detailKey = "cudaError";
   e.detailValue = lib.ErrorName(r);
   e.message = call + " failed: " + e.detailValue + " (" + lib.ErrorString(r) + ")";
@@ -25,7 +26,7 @@ GpuError GpuError::Cuda(cu::Result r, const std::string& call) {
 GpuError GpuError::Nccl(nccl::Result r, const std::string& call, nccl::Comm lastErrorComm) {
   const NcclLib& lib = NcclLib::Get();
   GpuError e;
-  e.code = "NCCLD_ERR_NCCL";
+  e.code = kErrNccl;
   e.detailKey = "ncclError";
   e.detailValue = NcclLib::ResultName(r);
   e.message = call + " failed: " + e.detailValue + " (" + lib.ErrorString(r) + ")";
@@ -36,28 +37,28 @@ GpuError GpuError::Nccl(nccl::Result r, const std::string& call, nccl::Comm last
 
 GpuError GpuError::Unavailable(const std::string& why) {
   GpuError e;
-  e.code = "NCCLD_ERR_GPU_UNAVAILABLE";
+  e.code = kErrGpuUnavailable;
   e.message = "GPU support unavailable: " + why;
   return e;
 }
 
 GpuError GpuError::Closed(const std::string& what) {
   GpuError e;
-  e.code = "NCCLD_ERR_CLOSED";
+  e.code = kErrClosed;
   e.message = what + " is closed";
   return e;
 }
 
 GpuError GpuError::Aborted(const std::string& why) {
   GpuError e;
-  e.code = "NCCLD_ERR_ABORTED";
+  e.code = kErrAborted;
   e.message = why;
   return e;
 }
 
 GpuError GpuError::InvalidArg(const std::string& why, bool typeError) {
   GpuError e;
-  e.code = "NCCLD_ERR_INVALID_ARG";
+  e.code = kErrInvalidArg;
   e.message = why;
   e.typeError = typeError;
   return e;
