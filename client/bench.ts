@@ -70,7 +70,7 @@ async function measure(o: BenchOptions, nranks: number, once: RunOnce, maxInFlig
 
 /** Through the daemon, with buffers of the kind its backend takes. */
 export async function benchDaemon(client: Client, o: BenchOptions): Promise<BenchRow[]> {
-  const buffers = allocRankBuffers(client, o.maxBytes);
+  const buffers = await allocRankBuffers(client, o.maxBytes);
   try {
     return await measure(o, buffers.length, (count) => client.allReduce({ buffers, dtype: o.dtype, op: o.op, count }), client.server.maxInFlight);
   } finally {

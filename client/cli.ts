@@ -64,7 +64,7 @@ async function allreduce(client: Client, args: string[]): Promise<number> {
   const seed = positiveInt('seed', v.seed, Date.now() % 2 ** 31, 0);
   const n = client.worldSize;
   const bytes = Math.max(1, count * DTYPES[dtype].bytes);
-  const buffers = allocRankBuffers(client, bytes);
+  const buffers = await allocRankBuffers(client, bytes);
   try {
     const inputs = randomInputs(dtype, op, n, count, seed);
     buffers.forEach((b, r) => writeValues(b, dtype, count, inputs[r]));

@@ -1,29 +1,37 @@
 // The SDK's connection to a daemon: one Unix socket, many requests in flight, each matched to its
-// reply by id. When the connection drops, every pending request is rejected, never left waiting.
+// reply by id. Buffers are registered once per connection (a sealed memfd travels with the
+// register frame, so the connection's bytes go through native code, which can pass descriptors)
+// and named by number afterwards. When the connection drops, every pending request is rejected,
+// never left waiting.
 import net from 'node:net';
+import { readFileSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import type { DType, ReduceOp } from '../shared/dtypes.js';
 import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
 import { FrameDecoder, encodeFrame, type Message } from '../shared/framing.js';
+import { native, type UnixConnection } from '../shared/native.js';
 import { clientSocketPath } from '../shared/paths.js';
-import { PROTOCOL_VERSION, type BufferRef, type HelloReply } from '../shared/protocol.js';
+import { MAX_REQUEST_ID, PROTOCOL_VERSION, type BufferSlot, type HelloReply } from '../shared/protocol.js';
 
-/** Anything the daemon can reduce: a HostBuffer (host backend), a GPU buffer, or a raw reference. */
+/** Memory the daemon can use: what a register request carries for it. */
 export interface BufferLike {
-  /** The wire form; `client` tells buffers that must be released before they are freed who used them. */
-  toBufferRef(offset?: number, client?: Client): BufferRef;
+  /** Frame fields of the register request, and the descriptor (a sealed memfd) to send with it. */
+  registerRequest(): { fields: Message; fd?: number };
 }
+
+/** A buffer for a collective: memory to register (once per connection), a registered number, or a slot. */
+export type BufferArg = BufferLike | number | BufferSlot;
 
 export interface AllReduceOptions {
   /** One buffer per rank, in rank order; reduced in place. */
-  buffers: (BufferLike | BufferRef)[];
+  buffers: BufferArg[];
   dtype: DType;
   op: ReduceOp;
   /** Elements per buffer. */
   count: number;
-  /** Byte offset into every buffer (default 0). */
+  /** Byte offset into every buffer (default 0); a slot's own offset is added to it. */
   offset?: number;
-  /** Deadline in milliseconds, within the daemon's limits. */
+  /** Deadline of the reply in milliseconds, within the daemon's limits. */
   timeoutMs?: number;
 }
 
@@ -37,6 +45,12 @@ export interface ConnectOptions {
   name?: string;
   /** Give up connecting after this long (default 10 s). */
   timeoutMs?: number;
+  /**
+   * Users (besides root and this process's own) trusted to serve the socket; the owner of the
+   * listening socket is checked before anything is sent. Default: the `nccld` service user if
+   * there is one, plus NCCLD_TRUSTED_UIDS (comma-separated).
+   */
+  trustedUids?: number[];
 }
 
 interface Pending {
@@ -49,31 +63,41 @@ export class Client extends EventEmitter {
   private readonly pending = new Map<number, Pending>();
   private decoder = new FrameDecoder(64 << 20);
   private closedError: NccldError | null = null;
+  private conn: UnixConnection | null = null;
+  private closeWaiters: (() => void)[] = [];
+  /** This connection's registrations: the number, or the registration under way. */
+  private registered = new Map<BufferLike, number | Promise<number>>();
+  /** Requests wait behind registrations still under way, so they reach the daemon in call order. */
+  private sendChain: Promise<unknown> | null = null;
   /** What the daemon said of itself in the hello exchange. */
   server!: HelloReply;
 
   private constructor(
-    private socket: net.Socket,
     private readonly socketPath: string,
     private readonly opts: ConnectOptions,
   ) {
     super();
   }
 
-  /** Connects and completes the hello exchange. */
+  /** Connects, checks who serves the socket, and completes the hello exchange. */
   static async connect(socketPath: string = clientSocketPath(), opts: ConnectOptions = {}): Promise<Client> {
-    const client = new Client(new net.Socket(), socketPath, opts);
+    const client = new Client(socketPath, opts);
     await client.open();
     return client;
   }
 
   /**
    * Connects again after the connection dropped (the daemon restarted, say). Requests pending on
-   * the old connection were already rejected with NCCLD_ERR_CONNECTION_CLOSED; none is resent.
+   * the old connection were already rejected with NCCLD_ERR_CONNECTION_CLOSED; none is resent,
+   * and buffers are registered again on first use.
    */
   async reconnect(): Promise<void> {
     this.failPending(new NccldError(ErrorCodes.CONNECTION_CLOSED, 'the connection to nccld was replaced by reconnect()'));
-    this.socket.destroy();
+    const old = this.conn;
+    this.conn = null;
+    old?.close();
+    this.registered = new Map();
+    this.sendChain = null;
     await this.open();
   }
 
@@ -87,11 +111,12 @@ export class Client extends EventEmitter {
     const { socketPath, opts } = this;
     const timeoutMs = opts.timeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
-      const socket = net.connect(socketPath);
-      this.socket = socket;
-      this.decoder = new FrameDecoder(64 << 20);
+      // Paused before it connects: Node never reads from it; the native connection does.
+      const socket = new net.Socket();
+      socket.pause();
       const timer = setTimeout(() => {
         socket.destroy();
+        this.conn?.close();
         reject(new NccldError(ErrorCodes.CONNECT, `no hello from nccld at ${socketPath} within ${timeoutMs} ms`));
       }, timeoutMs);
       socket.once('error', (err: NodeJS.ErrnoException) => {
@@ -99,9 +124,20 @@ export class Client extends EventEmitter {
         reject(new NccldError(ErrorCodes.CONNECT, `cannot reach nccld at ${socketPath}: ${err.code ?? err.message}`));
       });
       socket.once('connect', () => {
+        let fd: number;
+        try {
+          const own = (socket as unknown as { _handle: { fd: number } })._handle.fd;
+          checkServer(socketPath, native.peerCredentials(own).uid, opts.trustedUids);
+          fd = native.dupFd(own);
+        } catch (err) {
+          clearTimeout(timer);
+          socket.destroy();
+          return reject(err instanceof NccldError ? err : new NccldError(ErrorCodes.CONNECT, `cannot use the connection to ${socketPath}: ${(err as Error).message}`));
+        }
+        socket.destroy();
         this.closedError = null;
-        this.attach(socket);
-        this.request({ type: 'hello', protocol: PROTOCOL_VERSION, ...(opts.name ? { client: opts.name } : {}) }, 0).then(
+        this.attach(fd);
+        this.request({ type: 'hello', protocol: PROTOCOL_VERSION, ...(opts.name ? { client: opts.name } : {}) }, undefined, 0).then(
           (reply) => {
             clearTimeout(timer);
             this.server = reply as unknown as HelloReply;
@@ -109,11 +145,12 @@ export class Client extends EventEmitter {
           },
           (err) => {
             clearTimeout(timer);
-            socket.destroy();
+            this.conn?.close();
             reject(err);
           },
         );
       });
+      socket.connect(socketPath);
     });
   }
 
@@ -125,62 +162,138 @@ export class Client extends EventEmitter {
     return this.pending.size;
   }
 
+  /**
+   * Registers memory with the daemon (once per connection: later calls give the same number).
+   * Collectives can then name it; the daemon holds it until release() or the connection closes.
+   */
+  register(b: BufferLike): Promise<number> {
+    const known = this.registered.get(b);
+    if (known !== undefined) return Promise.resolve(known);
+    const { fields, fd } = b.registerRequest();
+    const p = this.request({ ...fields, type: 'register' }, fd === undefined ? undefined : [fd]).then(
+      (reply) => {
+        const handle = reply.buffer as number;
+        if (this.registered.get(b) === p) this.registered.set(b, handle);
+        return handle;
+      },
+      (err) => {
+        if (this.registered.get(b) === p) this.registered.delete(b);
+        throw err;
+      },
+    );
+    this.registered.set(b, p);
+    return p;
+  }
+
   /** Runs an AllReduce; resolves once every rank has finished it, so the buffers hold the result. */
   async allReduce(opts: AllReduceOptions): Promise<AllReduceResult> {
-    const reply = await this.request({
+    const base = opts.offset ?? 0;
+    const build = (handles: number[]): Message => ({
       type: 'allreduce',
       dtype: opts.dtype,
       op: opts.op,
       count: opts.count,
-      buffers: opts.buffers.map((b) => toRef(b, opts.offset, this)),
+      buffers: handles.map((h, i) => {
+        const b = opts.buffers[i];
+        const offset = base + (typeof b === 'object' && 'buffer' in b ? (b.offset ?? 0) : 0);
+        return offset ? { buffer: h, offset } : h;
+      }),
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    });
+    const handles = opts.buffers.map((b) => (typeof b === 'number' ? b : 'buffer' in b ? b.buffer : this.registered.get(b)));
+    // Fast path: every buffer known and nothing registering ahead of us.
+    if (this.sendChain === null && handles.every((h) => typeof h === 'number')) {
+      const reply = await this.request(build(handles as number[]));
+      return { seq: reply.seq as number };
+    }
+    const reply = await this.inOrder(async () => {
+      const resolved = await Promise.all(opts.buffers.map((b) => (typeof b === 'number' ? b : 'buffer' in b ? b.buffer : this.register(b))));
+      return build(resolved);
     });
     return { seq: reply.seq as number };
   }
 
-  /** Tells the daemon to drop its mappings of these buffers (HostBuffer.free does it for you). */
-  async release(buffers: (BufferLike | BufferRef)[]): Promise<void> {
-    await this.request({ type: 'release', buffers: buffers.map((b) => toRef(b)) });
+  /** Sends what `make` builds once the requests before it were sent, keeping call order. */
+  private inOrder(make: () => Promise<Message>): Promise<Message> {
+    const prior = this.sendChain ?? Promise.resolve();
+    const sent = prior.then(make);
+    const mark = sent.catch(() => {});
+    this.sendChain = mark;
+    void mark.then(() => {
+      if (this.sendChain === mark) this.sendChain = null;
+    });
+    return sent.then((msg) => this.request(msg));
   }
 
-  /** Sends any message and resolves with its reply; for protocol tests and new request types. */
-  request(msg: Message, id: number = this.nextId++): Promise<Message> {
-    if (this.closedError) return Promise.reject(this.closedError);
+  /** Drops registrations: the daemon lets go of the memory once no collective uses it. */
+  async release(buffers: (BufferLike | number)[]): Promise<void> {
+    const handles: number[] = [];
+    for (const b of buffers) {
+      if (typeof b === 'number') {
+        handles.push(b);
+        continue;
+      }
+      const known = this.registered.get(b);
+      this.registered.delete(b);
+      if (known === undefined) continue;
+      const h = await Promise.resolve(known).catch(() => null);
+      if (h !== null) handles.push(h);
+    }
+    if (handles.length > 0) await this.request({ type: 'release', buffers: handles });
+  }
+
+  /** Sends any message (with descriptors, if given) and resolves with its reply; for protocol tests and new request types. */
+  request(msg: Message, fds?: number[], id: number = this.takeId()): Promise<Message> {
+    if (this.closedError || !this.conn) return Promise.reject(this.closedError ?? new NccldError(ErrorCodes.CONNECTION_CLOSED, 'not connected'));
     if (this.pending.has(id)) {
       return Promise.reject(new NccldError(ErrorCodes.DUPLICATE_ID, `request id ${id} is already in flight on this connection`));
     }
+    const conn = this.conn;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.socket.write(encodeFrame(msg.type === 'hello' ? msg : { ...msg, id }));
+      conn.write(encodeFrame(msg.type === 'hello' ? msg : { ...msg, id }), fds);
     });
+  }
+
+  private takeId(): number {
+    const id = this.nextId;
+    this.nextId = id >= MAX_REQUEST_ID ? 1 : id + 1;
+    return id;
   }
 
   /** Closes the connection; requests still pending are rejected with NCCLD_ERR_CONNECTION_CLOSED. */
   close(): Promise<void> {
+    const conn = this.conn;
+    if (!conn || this.closedError) return Promise.resolve();
     return new Promise((resolve) => {
-      if (this.socket.destroyed) return resolve();
-      this.socket.once('close', () => resolve());
-      this.socket.end();
+      this.closeWaiters.push(resolve);
+      conn.end();
     });
   }
 
-  private attach(socket: net.Socket): void {
-    socket.on('data', (chunk) => {
-      try {
-        for (const frame of this.decoder.push(chunk)) {
-          if ('message' in frame) this.onMessage(frame.message);
+  private attach(fd: number): void {
+    this.decoder = new FrameDecoder(64 << 20);
+    const conn = native.UnixConnection.adopt(fd, {
+      onData: (chunk, fds) => {
+        for (const f of fds) native.closeFd(f); // the daemon sends none; never keep strays
+        try {
+          for (const frame of this.decoder.push(chunk)) {
+            if ('message' in frame) this.onMessage(frame.message);
+          }
+        } catch {
+          conn.close();
         }
-      } catch (err) {
-        socket.destroy(err as Error);
-      }
+      },
+      onDrain: () => {},
+      onClose: () => {
+        if (conn !== this.conn) return; // an old connection, replaced by reconnect()
+        this.closedError = new NccldError(ErrorCodes.CONNECTION_CLOSED, 'the connection to nccld closed');
+        this.failPending(this.closedError);
+        for (const w of this.closeWaiters.splice(0)) w();
+        this.emit('close');
+      },
     });
-    socket.on('error', () => {}); // 'close' follows and settles everything
-    socket.on('close', () => {
-      if (socket !== this.socket) return; // an old connection, replaced by reconnect()
-      this.closedError = new NccldError(ErrorCodes.CONNECTION_CLOSED, 'the connection to nccld closed');
-      this.failPending(this.closedError);
-      this.emit('close');
-    });
+    this.conn = conn;
   }
 
   private onMessage(msg: Message): void {
@@ -188,7 +301,7 @@ export class Client extends EventEmitter {
     const id = msg.type === 'hello' ? 0 : (msg.id as number | null);
     const p = id === null ? undefined : this.pending.get(id);
     if (!p) {
-      // An error about the connection itself (bad frame, version): surface it to listeners.
+      // An error about the connection itself (bad frame, version, limits): surface it to listeners.
       if (msg.type === 'error') this.emit('protocolError', toError(msg));
       if (id === null && msg.type === 'error' && this.pending.has(0)) {
         this.pending.get(0)!.reject(toError(msg));
@@ -202,10 +315,33 @@ export class Client extends EventEmitter {
   }
 }
 
-function toRef(b: BufferLike | BufferRef, offset?: number, client?: Client): BufferRef {
-  if ('toBufferRef' in b && typeof b.toBufferRef === 'function') return b.toBufferRef(offset, client);
-  const ref = b as BufferRef;
-  return offset === undefined ? ref : { ...ref, offset: (ref.offset ?? 0) + offset };
+/** Root, this user, and the users named: the only ones trusted to run the daemon a client talks to. */
+function checkServer(socketPath: string, uid: number, trusted: number[] | undefined): void {
+  const me = process.geteuid?.() ?? uid;
+  if (uid === 0 || uid === me) return;
+  const allowed = trusted ?? defaultTrustedUids();
+  if (allowed.includes(uid)) return;
+  throw new NccldError(
+    ErrorCodes.CONNECT,
+    `${socketPath} is served by uid ${uid}, which is neither root, you (${me}) nor a trusted nccld user: refusing to send it anything (trust it with NCCLD_TRUSTED_UIDS=${uid})`,
+  );
+}
+
+function defaultTrustedUids(): number[] {
+  const out = (process.env.NCCLD_TRUSTED_UIDS ?? '')
+    .split(',')
+    .filter((s) => /^\d+$/.test(s.trim()))
+    .map(Number);
+  try {
+    const line = readFileSync('/etc/passwd', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('nccld:'));
+    const uid = line ? Number(line.split(':')[2]) : NaN;
+    if (Number.isInteger(uid)) out.push(uid);
+  } catch {
+    // no passwd file: only root and ourselves
+  }
+  return out;
 }
 
 function toError(msg: Message): NccldError {

@@ -2,7 +2,7 @@
 // CUDA IPC handle (PyTorch's tensors give the same kind). The daemon opens it by that handle.
 import { native, type GpuDeviceBuffer } from '../shared/native.js';
 import { ErrorCodes, NccldError } from '../shared/errors.js';
-import type { IpcBufferRef } from '../shared/protocol.js';
+import type { Message } from '../shared/framing.js';
 import type { BufferLike, Client } from './client.js';
 
 /**
@@ -14,7 +14,7 @@ export const IPC_GRANULARITY = 2 << 20;
 
 export class DeviceBuffer implements BufferLike {
   private handle: Buffer | null = null;
-  /** Clients that may hold a mapping of this buffer: free() releases it from each first. */
+  /** Clients that registered this buffer through registerWith(): free() releases it from each first. */
   private readonly users = new Set<Client>();
 
   private constructor(
@@ -56,9 +56,14 @@ export class DeviceBuffer implements BufferLike {
     return this.handle;
   }
 
-  toBufferRef(offset?: number, client?: Client): IpcBufferRef {
-    if (client) this.users.add(client);
-    return { ipc: this.ipcHandle(), device: this.device, ...(offset ? { offset } : {}) };
+  registerRequest(): { fields: Message } {
+    return { fields: { ipc: this.ipcHandle(), device: this.device } };
+  }
+
+  /** Registers this buffer with a client's daemon (once); free() releases it from each first. */
+  registerWith(client: Client): Promise<number> {
+    this.users.add(client);
+    return client.register(this);
   }
 
   /** Releases the buffer from every client that used it, then frees the GPU memory. */

@@ -1,10 +1,11 @@
-// A buffer for the host backend: a POSIX shared-memory segment this process creates and maps, so
-// the daemon's device processes can map the same pages and reduce them in place.
+// A buffer for the host backend: a memfd sealed against shrinking and growing, mapped here. The
+// daemon gets the descriptor itself when the buffer is registered, so it holds the memory as long
+// as it needs it: this process can neither shrink it under a collective nor swap it for another.
 import { randomBytes } from 'node:crypto';
 import { native, type ShmSegment } from '../shared/native.js';
 import { DTYPES, type DType } from '../shared/dtypes.js';
 import { ErrorCodes, NccldError } from '../shared/errors.js';
-import type { ShmBufferRef } from '../shared/protocol.js';
+import type { Message } from '../shared/framing.js';
 import type { BufferLike } from './client.js';
 import { typedView, type ViewOf } from '../shared/typed-arrays.js';
 
@@ -12,24 +13,32 @@ export type { ViewOf };
 
 let counter = 0;
 
-export interface HostBufferOptions {
-  /** Mode of the segment (default 0o600: only this user, who must also be the daemon's user or root). */
-  mode?: number;
-}
-
 export class HostBuffer implements BufferLike {
-  private constructor(private readonly segment: ShmSegment) {}
+  private fd: number;
 
-  /** Creates a zero-filled shared-memory segment of `bytes` bytes. */
-  static alloc(bytes: number, opts: HostBufferOptions = {}): HostBuffer {
+  private constructor(
+    fd: number,
+    private readonly segment: ShmSegment,
+  ) {
+    this.fd = fd;
+  }
+
+  /** Creates a zero-filled sealed memfd of `bytes` bytes (its pages reserved now, not at first touch). */
+  static alloc(bytes: number): HostBuffer {
     if (!Number.isSafeInteger(bytes) || bytes <= 0) {
       throw new NccldError(ErrorCodes.BAD_COUNT, `HostBuffer.alloc needs a positive byte count, not ${bytes}`);
     }
     const name = `nccld-${process.pid}-${++counter}-${randomBytes(4).toString('hex')}`;
-    return new HostBuffer(native.ShmSegment.create(name, bytes, opts.mode ?? 0o600));
+    const fd = native.memfdCreate(name, bytes);
+    try {
+      return new HostBuffer(fd, native.ShmSegment.fromFd(fd, name));
+    } catch (err) {
+      native.closeFd(fd);
+      throw err;
+    }
   }
 
-  /** The segment's name, as passed to the daemon. */
+  /** A name for messages and logs. */
   get name(): string {
     return this.segment.name;
   }
@@ -50,22 +59,19 @@ export class HostBuffer implements BufferLike {
     return typedView(dtype, this.segment.buffer(), byteOffset, n);
   }
 
-  toBufferRef(offset?: number): ShmBufferRef {
-    return offset ? { shm: this.name, offset } : { shm: this.name };
+  registerRequest(): { fields: Message; fd: number } {
+    if (this.freed) throw new NccldError(ErrorCodes.BAD_REQUEST, `buffer ${this.name} has been freed`);
+    return { fields: {}, fd: this.fd };
   }
 
   /**
-   * Unmaps and removes the segment. Release it from the daemon first (client.release) if a
-   * long-lived connection used it, so the daemon's mappings go too; closing the connection does
-   * the same for all its buffers. Views taken earlier become empty.
+   * Unmaps the buffer here. A daemon that registered it keeps its own hold on the memory until the
+   * client releases it or disconnects. Views taken earlier become empty.
    */
   free(): void {
     if (this.freed) return;
     this.segment.close();
-    try {
-      native.shmUnlink(this.name);
-    } catch {
-      // already unlinked elsewhere
-    }
+    native.closeFd(this.fd);
+    this.fd = -1;
   }
 }

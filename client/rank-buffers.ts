@@ -9,21 +9,21 @@ import { fromNumbers, toNumbers } from './verify.js';
 
 export type RankBuffer = HostBuffer | DeviceBuffer;
 
-/** The daemon's GPU numbering is taken to be ours: run with the same CUDA_VISIBLE_DEVICES. */
-export function allocRankBuffers(client: Client, bytes: number): RankBuffer[] {
-  return client.server.devices.map((device) => (device === null ? HostBuffer.alloc(bytes) : DeviceBuffer.alloc(device, bytes)));
+/**
+ * Allocates and registers one buffer per rank. The daemon's GPU numbering is taken to be ours:
+ * run with the same CUDA_VISIBLE_DEVICES (the hello's deviceUuids tell when it is not).
+ */
+export async function allocRankBuffers(client: Client, bytes: number): Promise<RankBuffer[]> {
+  const buffers = client.server.devices.map((device) => (device === null ? HostBuffer.alloc(bytes) : DeviceBuffer.alloc(device, bytes)));
+  await Promise.all(buffers.map((b) => (b instanceof DeviceBuffer ? b.registerWith(client) : client.register(b))));
+  return buffers;
 }
 
 /** Releases every buffer from the daemon, then frees it (DeviceBuffer.free releases by itself). */
 export async function freeRankBuffers(client: Client, buffers: RankBuffer[]): Promise<void> {
-  for (const b of buffers) {
-    if (b instanceof HostBuffer) {
-      await client.release([b]).catch(() => {});
-      b.free();
-    } else {
-      await b.free();
-    }
-  }
+  const host = buffers.filter((b): b is HostBuffer => b instanceof HostBuffer);
+  if (host.length > 0) await client.release(host).catch(() => {});
+  for (const b of buffers) await b.free();
 }
 
 export function writeValues(b: RankBuffer, dtype: DType, count: number, values: Float64Array): void {

@@ -1,22 +1,39 @@
-// The API socket: accepts client connections and gives each a session.
+// The API socket: accepts client connections, refuses those over the limits (in all, and per
+// uid), and hands each accepted one to a session that speaks over a native Unix connection.
 import net from 'node:net';
+import { encodeFrame } from '../shared/framing.js';
+import { ErrorCodes } from '../shared/errors.js';
 import { native } from '../shared/native.js';
+import { ClientProcesses, type Peer } from './client-process.js';
 import { ClientSession, type SessionContext } from './client-session.js';
 import type { Logger } from './logger.js';
 import { closeUnix, listenOn, type ListenOn } from './unix-listen.js';
-import type { Peer } from './validate.js';
+
+export interface ConnectionLimits {
+  maxConnections: number;
+  maxConnectionsPerUid: number;
+}
 
 export class ApiServer {
   readonly sessions = new Map<number, ClientSession>();
+  readonly processes: ClientProcesses;
+  /** Connections refused at accept, for stats. */
+  refused = 0;
   private nextClientId = 1;
   private readonly server: net.Server;
   private socketPath: string | null = null;
+  private readonly ctx: SessionContext;
 
   constructor(
-    private readonly ctx: SessionContext,
+    ctx: Omit<SessionContext, 'processes'>,
+    private readonly limits: ConnectionLimits,
     private readonly log: Logger,
   ) {
-    this.server = net.createServer((socket) => this.accept(socket));
+    this.processes = new ClientProcesses();
+    this.ctx = { ...ctx, processes: this.processes };
+    // Paused: the connection's bytes (and descriptors) are read by native code, never by Node.
+    this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
+    this.server.on('error', (err) => this.log.error({ err: err.message }, 'API socket error'));
   }
 
   /** Listens on a path we create, or on a socket passed to us (whose file is not ours to remove). */
@@ -24,35 +41,71 @@ export class ApiServer {
     this.socketPath = await listenOn(this.server, where);
   }
 
-  /**
-   * Stops accepting at once; existing sessions stay open so their requests can finish and be
-   * answered. The promise resolves when the last session has ended and the socket file is gone.
-   */
+  /** Stops accepting at once; sessions stay open so their requests can finish and be answered. */
   stopAccepting(): Promise<void> {
     return closeUnix(this.server, this.socketPath);
   }
 
-  /** Resolves when every session's requests have been answered. */
+  /** Resolves when every session's collectives and registrations have ended. */
   async settled(): Promise<void> {
     await Promise.all([...this.sessions.values()].map((s) => s.settled()));
   }
 
-  endSessions(): void {
-    for (const s of this.sessions.values()) s.close();
+  /** Closes every session once its replies are out; those still open after `graceMs` are cut. */
+  async endSessions(graceMs: number): Promise<void> {
+    for (const s of this.sessions.values()) s.end();
+    const deadline = Date.now() + graceMs;
+    while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    for (const s of [...this.sessions.values()]) s.destroy();
   }
 
   private accept(socket: net.Socket): void {
+    const handleFd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    const peer = typeof handleFd === 'number' && handleFd >= 0 ? peerOf(handleFd) : null;
+    const total = this.sessions.size;
+    const mine = peer ? this.processes.connectionsOf(peer.uid) : 0;
+    const over =
+      total >= this.limits.maxConnections
+        ? `the daemon serves ${this.limits.maxConnections} connections, its limit`
+        : peer && peer.uid !== 0 && mine >= this.limits.maxConnectionsPerUid
+          ? `uid ${peer.uid} has ${this.limits.maxConnectionsPerUid} connections open, the limit per user`
+          : null;
+    let fd = -1;
+    if (!over && typeof handleFd === 'number') {
+      try {
+        fd = native.dupFd(handleFd);
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'cannot take a new connection');
+      }
+    }
+    if (fd < 0) {
+      this.refused++;
+      this.ctx.stats.error(over ? ErrorCodes.TOO_MANY_CONNECTIONS : ErrorCodes.RESOURCE_EXHAUSTED);
+      const code = over ? ErrorCodes.TOO_MANY_CONNECTIONS : ErrorCodes.RESOURCE_EXHAUSTED;
+      const message = over ?? 'the daemon is out of file descriptors; retry later';
+      socket.end(encodeFrame({ type: 'error', id: null, code, message }));
+      setTimeout(() => socket.destroy(), 1_000).unref();
+      return;
+    }
+    // Our duplicate carries the connection from here; Node's handle lets go of its own.
+    socket.destroy();
     const id = this.nextClientId++;
-    const session = new ClientSession(id, socket, peerOf(socket), this.ctx, this.log);
+    const proc = this.processes.attach(peer, id);
+    let session: ClientSession;
+    try {
+      session = new ClientSession(id, fd, peer, proc, this.ctx, this.log, (s) => this.sessions.delete(s.id));
+    } catch (err) {
+      this.processes.detach(proc);
+      native.closeFd(fd);
+      this.log.warn({ err: (err as Error).message }, 'cannot start a session');
+      return;
+    }
     this.sessions.set(id, session);
-    socket.once('close', () => this.sessions.delete(id));
   }
 }
 
 /** Who is on the other end: the kernel's answer (SO_PEERCRED), which a client cannot forge. */
-function peerOf(socket: net.Socket): Peer | null {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return null;
+function peerOf(fd: number): Peer | null {
   try {
     return native.peerCredentials(fd);
   } catch {

@@ -1,180 +1,344 @@
-// One client connection: frames in, replies out. It holds the hello exchange, the client's
-// requests in flight (bounded), and on close hands the client's buffers back once its work ends.
-import type { Socket } from 'node:net';
+// One client connection: frames in, replies out, over a native Unix connection (so memfds can
+// arrive with a register frame). It holds the hello exchange and this connection's registered
+// buffers, admits collectives against them, and protects everyone else from this client: a hello
+// deadline, limits per client process, and a bound on reply bytes it leaves unread (past it, we
+// stop reading from it; if it still does not read, it is disconnected).
 import { FrameDecoder, encodeFrame, type Message } from '../shared/framing.js';
+import { DTYPES } from '../shared/dtypes.js';
 import { ErrorCodes, NccldError, toNccldError } from '../shared/errors.js';
+import { native, type UnixConnection } from '../shared/native.js';
 import {
-  ipcHandleKey,
-  isShmRef,
-  type BufferRef,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
+  isId,
   parseHello,
   parseRequest,
-  requestId,
+  type AllReduceRequest,
   type HelloReply,
-  type Request,
+  type RegisterRequest,
+  type ReleaseRequest,
 } from '../shared/protocol.js';
 import { NCCLD_VERSION } from '../shared/version.js';
+import type { ClientProcess, ClientProcesses, Peer } from './client-process.js';
+import { Collective, type CollectiveOwner, type Slot } from './collective.js';
+import type { FlightRecorder } from './flight-recorder.js';
 import type { Logger } from './logger.js';
+import { Registration } from './registry.js';
 import type { Scheduler } from './scheduler.js';
 import type { Stats } from './stats.js';
-import { IpcBufferTable } from './ipc-buffers.js';
-import { validateAllReduce, type Peer } from './validate.js';
 import type { World } from './world.js';
 
 export interface SessionLimits {
   maxFrameBytes: number;
-  /** Requests one client may have in flight; past it, NCCLD_ERR_BUSY. */
+  /** Requests one client process may have unfinished, over all its connections; past it, BUSY. */
   maxInFlight: number;
+  /** Buffers one client process may have registered; and all clients together. */
+  maxBuffers: number;
+  maxBuffersTotal: number;
   /** Deadline of a collective that names none, and the longest one may name. */
   timeoutMs: number;
   maxTimeoutMs: number;
+  /** A connection that has not said hello by then is closed. */
+  helloTimeoutMs: number;
+  /** Reply bytes a client may leave unread before we stop reading from it. */
+  replyBacklogBytes: number;
+  /** How long it may stay over that before it is disconnected. */
+  slowReaderMs: number;
 }
 
 export interface SessionContext {
   world: World;
   scheduler: Scheduler;
   stats: Stats;
+  recorder: FlightRecorder;
   limits: SessionLimits;
+  processes: ClientProcesses;
   /** True once the daemon is shutting down: new requests are refused. */
   draining: () => boolean;
 }
 
-export class ClientSession {
+/** Descriptors received and not yet claimed by a register frame; more is a confused client. */
+const MAX_PENDING_FDS = 16;
+
+export class ClientSession implements CollectiveOwner {
   readonly connectedAt = Date.now();
   clientName: string | null = null;
   requestsServed = 0;
-  /** Buffers this client has named and not released (shm names, IPC handles in hex). */
-  readonly buffers = new Set<string>();
+  /** This connection's registrations, by number. */
+  readonly buffers = new Map<number, Registration>();
+  closed = false;
   private helloDone = false;
-  private closed = false;
+  /** Ids of requests not yet answered: a second request with one of them is refused. */
+  private readonly ids = new Set<number>();
+  /** Collectives and registrations of this connection that have not ended. */
+  private unended = 0;
+  private settledWaiters: (() => void)[] = [];
+  private readonly decoder: FrameDecoder;
+  private readonly fds: number[] = [];
+  private readonly log: Logger;
+  private readonly conn: UnixConnection;
+  private helloTimer: NodeJS.Timeout | null;
+  private slowTimer: NodeJS.Timeout | null = null;
+  private readingPaused = false;
   /** Set after an unrecoverable framing error: whatever else arrives is ignored. */
   private hungUp = false;
-  private readonly inFlight = new Map<number, Promise<unknown>>();
-  private readonly decoder: FrameDecoder;
-  private readonly log: Logger;
-  private readonly ipc: IpcBufferTable;
-  /** Requests are admitted (checked and queued) one at a time, in the order they arrived. */
-  private admission: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly id: number,
-    private readonly socket: Socket,
+    fd: number,
     readonly peer: Peer | null,
+    readonly process: ClientProcess,
     private readonly ctx: SessionContext,
     logger: Logger,
+    private readonly onGone: (s: ClientSession) => void,
   ) {
     this.log = logger.child({ client: id, peerPid: peer?.pid, peerUid: peer?.uid });
     this.decoder = new FrameDecoder(ctx.limits.maxFrameBytes);
-    this.ipc = new IpcBufferTable(ctx.world, id);
-    // New device processes have mapped nothing: open buffers again before their next use.
-    const forgetAll = () => this.ipc.forget();
-    ctx.world.on('rebuilt', forgetAll);
-    socket.once('close', () => ctx.world.off('rebuilt', forgetAll));
-    socket.on('data', (chunk) => this.onData(chunk));
-    socket.on('error', (err) => this.log.debug({ err }, 'client socket error'));
-    socket.on('close', () => this.onClose());
+    this.conn = native.UnixConnection.adopt(fd, {
+      onData: (chunk, fds, truncated) => this.onData(chunk, fds, truncated),
+      onDrain: () => this.onDrain(),
+      onClose: (err) => this.onClose(err),
+    });
+    this.helloTimer = setTimeout(() => {
+      this.helloTimer = null;
+      this.refuse(new NccldError(ErrorCodes.HELLO_TIMEOUT, `no hello within ${ctx.limits.helloTimeoutMs} ms`));
+    }, ctx.limits.helloTimeoutMs);
     this.log.info('client connected');
   }
 
   get requestsInFlight(): number {
-    return this.inFlight.size;
+    return this.ids.size;
   }
 
-  /** Resolves once every request of this client has settled. */
-  async settled(): Promise<void> {
-    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight.values()]);
+  /** Reply bytes queued for this client and not yet taken by the kernel. */
+  get unreadBytes(): number {
+    return this.closed ? 0 : this.conn.writableLength;
   }
 
-  close(): void {
-    this.socket.end();
+  /** Resolves once every collective and registration of this connection has ended. */
+  settled(): Promise<void> {
+    if (this.unended === 0) return Promise.resolve();
+    return new Promise((resolve) => this.settledWaiters.push(resolve));
   }
 
-  private onData(chunk: Buffer): void {
-    if (this.hungUp) return;
+  /** Closes once the replies queued so far are sent. */
+  end(): void {
+    if (!this.closed) this.conn.end();
+  }
+
+  /** Closes now. */
+  destroy(): void {
+    if (!this.closed) this.conn.close();
+  }
+
+  private onData(chunk: Buffer, fds: number[], truncated: boolean): void {
+    if (fds.length > 0) this.fds.push(...fds);
+    if (this.hungUp) return this.closeFds();
+    if (truncated || this.fds.length > MAX_PENDING_FDS) {
+      this.closeFds();
+      this.sendError(null, new NccldError(ErrorCodes.BAD_REQUEST, `too many file descriptors sent at once (at most one with each register frame)`));
+    }
     try {
       for (const frame of this.decoder.push(chunk)) {
+        if (this.closed) return;
         if ('error' in frame) this.sendError(null, frame.error);
         else this.onMessage(frame.message);
       }
     } catch (err) {
       // Only an oversized length prefix gets here: we cannot find the next frame, so we hang up.
       this.sendError(null, toNccldError(err));
-      this.log.warn({ err }, 'closing client: unrecoverable framing error');
+      this.log.warn({ err: (err as Error).message }, 'closing client: unrecoverable framing error');
       this.hungUp = true;
-      this.socket.end();
+      this.closeFds();
+      this.conn.end();
+      return;
     }
+    // A descriptor arrives with the first bytes of its frame: once no frame is half-read, any left are strays.
+    if (this.decoder.pendingBytes === 0) this.closeFds();
+  }
+
+  private closeFds(): void {
+    for (const fd of this.fds.splice(0)) native.closeFd(fd);
   }
 
   private onMessage(msg: Message): void {
     if (!this.helloDone) return this.onHello(msg);
-    let req: Request;
+    const id = isId(msg.id) ? msg.id : null;
+    // A register frame owns the descriptor sent with it, whatever becomes of the request.
+    const fd = msg.type === 'register' ? this.fds.shift() : undefined;
     try {
-      req = parseRequest(msg);
-    } catch (err) {
-      return this.sendError(requestId(msg), toNccldError(err));
-    }
-    if (this.inFlight.has(req.id)) {
-      return this.sendError(req.id, new NccldError(ErrorCodes.DUPLICATE_ID, `request id ${req.id} is already in flight on this connection`));
-    }
-    if (this.inFlight.size >= this.ctx.limits.maxInFlight) {
-      return this.sendError(req.id, new NccldError(ErrorCodes.BUSY, `this client already has ${this.ctx.limits.maxInFlight} requests in flight; wait for replies first`));
-    }
-    if (this.ctx.draining()) {
-      return this.sendError(req.id, new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is shutting down and takes no new requests'));
-    }
-    const work = this.handle(req).then(
-      (reply) => this.send(reply),
-      (err) => this.sendError(req.id, toNccldError(err)),
-    );
-    this.inFlight.set(req.id, work);
-    void work.finally(() => this.inFlight.delete(req.id));
-  }
-
-  private async handle(req: Request): Promise<Message> {
-    // Admission keeps this connection's order even when a request must first open GPU buffers;
-    // the collective itself is awaited outside it, so many stay in flight.
-    const admitted = this.admission.then(() => this.admit(req));
-    this.admission = admitted.catch(() => {});
-    const { done } = await admitted;
-    const seq = await done;
-    if (req.type === 'allreduce') this.requestsServed++;
-    return { type: 'result', id: req.id, seq };
-  }
-
-  private async admit(req: Request): Promise<{ done: Promise<number> }> {
-    const { world, scheduler } = this.ctx;
-    switch (req.type) {
-      case 'allreduce': {
-        const timeoutMs = req.timeoutMs ?? this.ctx.limits.timeoutMs;
-        if (timeoutMs > this.ctx.limits.maxTimeoutMs) {
-          throw new NccldError(ErrorCodes.BAD_REQUEST, `timeoutMs ${timeoutMs} is over this daemon's limit of ${this.ctx.limits.maxTimeoutMs}`);
-        }
-        // The deadline counts from here: time spent checking and queued is part of it.
-        const deadline = Date.now() + timeoutMs;
-        validateAllReduce(req, world, this.peer);
-        for (const b of req.buffers) this.buffers.add(bufferKey(b));
-        if (world.backend === 'nccl') {
-          await world.whenReady(deadline); // buffers are opened on live ranks only
-          await this.ipc.check(req);
-        }
-        return {
-          done: scheduler.submit(
-            { client: this.id, kind: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, buffers: req.buffers },
-            deadline,
-            () => this.closed,
-            { requestId: req.id, clientName: this.clientName },
-          ),
-        };
+      const req = parseRequest(msg, this.ctx.world.size);
+      if (this.ids.has(req.id)) {
+        throw new NccldError(ErrorCodes.DUPLICATE_ID, `request id ${req.id} is already in flight on this connection; it keeps its own reply`, { duplicateId: req.id });
       }
-      case 'release':
-        // Behind every collective already sent to the ranks, so none loses its mapping mid-flight.
-        this.ipc.forget(req.buffers);
-        for (const b of req.buffers) this.buffers.delete(bufferKey(b));
-        world.forgetClient(this.id, req.buffers);
-        return { done: Promise.resolve(scheduler.lastSeq) };
+      if (this.ctx.draining()) throw new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is shutting down and takes no new requests');
+      if (this.process.unfinished >= this.ctx.limits.maxInFlight) {
+        throw new NccldError(ErrorCodes.BUSY, `this client process already has ${this.ctx.limits.maxInFlight} requests unfinished; wait for replies first`);
+      }
+      switch (req.type) {
+        case 'allreduce':
+          return this.admitAllReduce(req);
+        case 'release':
+          return this.release(req);
+        case 'register':
+          return this.startRegister(req, fd);
+      }
+    } catch (err) {
+      if (fd !== undefined && msg.type === 'register') native.closeFd(fd);
+      const e = toNccldError(err);
+      // A reply whose id the client could confuse with another request's carries none.
+      const unmatched = id === null || e.code === ErrorCodes.DUPLICATE_ID;
+      this.sendError(unmatched ? null : id, e);
     }
+  }
+
+  private admitAllReduce(req: AllReduceRequest): void {
+    const { limits, world, scheduler, recorder } = this.ctx;
+    const timeoutMs = req.timeoutMs ?? limits.timeoutMs;
+    if (timeoutMs > limits.maxTimeoutMs) {
+      throw new NccldError(ErrorCodes.BAD_REQUEST, `timeoutMs ${timeoutMs} is over this daemon's limit of ${limits.maxTimeoutMs}`);
+    }
+    const elem = DTYPES[req.dtype].bytes;
+    const bytes = req.count * elem;
+    const slots: Slot[] = req.buffers.map((s, i) => {
+      const reg = this.buffers.get(s.buffer);
+      if (!reg) throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `buffers[${i}]: buffer ${s.buffer} is not registered on this connection`);
+      if (reg.lost) throw reg.lost;
+      if (reg.kind === 'ipc' && reg.rank !== i) {
+        throw new NccldError(ErrorCodes.WRONG_DEVICE, `buffers[${i}]: buffer ${s.buffer} is on rank ${reg.rank}'s device ${world.ranks[reg.rank].device}, but rank ${i} runs on device ${world.ranks[i].device}`);
+      }
+      const offset = s.offset ?? 0;
+      if (offset % elem !== 0) {
+        throw new NccldError(ErrorCodes.BAD_ALIGNMENT, `buffers[${i}].offset ${offset} is not a multiple of ${req.dtype}'s ${elem} bytes`);
+      }
+      if (offset + bytes > reg.bytes) {
+        throw new NccldError(ErrorCodes.BUFFER_TOO_SMALL, `buffers[${i}]: offset + count × element size is ${offset + bytes} bytes, but buffer ${s.buffer} holds ${reg.bytes}`);
+      }
+      return { reg, offset };
+    });
+    if (world.backend === 'host') checkNoOverlap(slots, bytes);
+    const rec = recorder.queued({ client: this.id, clientName: this.clientName, requestId: req.id, kind: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, bytes });
+    const c = new Collective(this, req.id, 'allreduce', req.dtype, req.op, req.count, slots, Date.now() + timeoutMs, rec);
+    try {
+      scheduler.submit(c);
+    } catch (err) {
+      recorder.finish(rec, toNccldError(err));
+      throw err;
+    }
+    for (const s of slots) s.reg.users++;
+    this.ids.add(req.id);
+    this.process.unfinished++;
+    this.unended++;
+  }
+
+  answer(c: Collective, err: NccldError | null): void {
+    this.ids.delete(c.requestId);
+    if (err) return this.sendError(c.requestId, err);
+    this.requestsServed++;
+    this.send({ type: 'result', id: c.requestId, seq: c.seq });
+  }
+
+  ended(c: Collective): void {
+    for (const s of c.slots) {
+      s.reg.users--;
+      if (s.reg.released && s.reg.users === 0) this.drop(s.reg);
+    }
+    this.process.unfinished--;
+    this.endedOne();
+  }
+
+  private endedOne(): void {
+    this.unended--;
+    this.ctx.processes.forgetIfIdle(this.process);
+    if (this.unended === 0 && this.settledWaiters.length > 0) {
+      for (const w of this.settledWaiters.splice(0)) w();
+    }
+  }
+
+  private startRegister(req: RegisterRequest, fd: number | undefined): void {
+    const reg = this.newRegistration(req, fd);
+    this.ids.add(req.id);
+    this.process.unfinished++;
+    this.unended++;
+    this.ctx.world.register(reg, Date.now() + this.ctx.limits.timeoutMs).then(
+      (bytes) => {
+        reg.bytes = bytes;
+        if (this.closed) return this.drop(reg);
+        this.buffers.set(reg.id, reg);
+        this.answerRegister(req.id, null, reg);
+      },
+      (err) => {
+        this.process.buffers--;
+        this.answerRegister(req.id, toNccldError(err), reg);
+      },
+    );
+  }
+
+  private answerRegister(id: number, err: NccldError | null, reg: Registration): void {
+    this.ids.delete(id);
+    this.process.unfinished--;
+    if (err) this.sendError(id, err);
+    else this.send({ type: 'result', id, buffer: reg.id, bytes: reg.bytes });
+    this.endedOne();
+  }
+
+  /** Checks what a register request hands over and makes its registration (which then owns the fd). */
+  private newRegistration(req: RegisterRequest, fd: number | undefined): Registration {
+    const { world, limits } = this.ctx;
+    let kind: 'memfd' | 'ipc';
+    let bytes = 0;
+    let rank = -1;
+    if (world.backend === 'host') {
+      if (req.ipc) throw new NccldError(ErrorCodes.WRONG_BACKEND, 'this daemon runs the host backend: register a sealed memfd, not GPU memory');
+      if (fd === undefined) throw new NccldError(ErrorCodes.BAD_REQUEST, 'register needs a memfd sent with its frame (SCM_RIGHTS)');
+      const info = native.fdInfo(fd);
+      const needed = native.SEALS.SHRINK | native.SEALS.GROW;
+      if (info.type !== 'file' || info.seals === -1 || (info.seals & needed) !== needed) {
+        throw new NccldError(ErrorCodes.BAD_BUFFER, 'the descriptor must be a memfd sealed against shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW), so no one can pull the memory away under a collective');
+      }
+      if (info.size <= 0) throw new NccldError(ErrorCodes.BAD_BUFFER, 'the memfd is empty');
+      kind = 'memfd';
+      bytes = info.size;
+    } else {
+      if (fd !== undefined) throw new NccldError(ErrorCodes.WRONG_BACKEND, 'this daemon runs the nccl backend: register a CUDA IPC handle, not a memfd');
+      if (!req.ipc) throw new NccldError(ErrorCodes.BAD_REQUEST, 'register needs ipc (a CUDA IPC handle) and device on the nccl backend');
+      rank = world.ranks.findIndex((r) => r.device === req.device);
+      if (rank < 0) {
+        throw new NccldError(ErrorCodes.WRONG_DEVICE, `no rank runs on device ${req.device}; this daemon's ranks run on devices ${world.ranks.map((r) => r.device).join(', ')}`);
+      }
+      kind = 'ipc';
+    }
+    if (this.process.buffers >= limits.maxBuffers) {
+      throw new NccldError(ErrorCodes.TOO_MANY_BUFFERS, `this client process has ${limits.maxBuffers} buffers registered; release some first`);
+    }
+    if (world.registry.size >= limits.maxBuffersTotal) {
+      throw new NccldError(ErrorCodes.TOO_MANY_BUFFERS, `the daemon holds ${limits.maxBuffersTotal} registered buffers, its limit; retry later`);
+    }
+    this.process.buffers++;
+    return new Registration(world.registry.newId(), kind, bytes, this.process, kind === 'memfd' ? fd! : -1, req.ipc ?? null, rank);
+  }
+
+  private release(req: ReleaseRequest): void {
+    const unknown = req.buffers.filter((b) => !this.buffers.has(b));
+    if (unknown.length > 0) {
+      throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `not registered on this connection: ${unknown.slice(0, 16).join(', ')}${unknown.length > 16 ? ', ...' : ''}`, { buffers: unknown.slice(0, 16) });
+    }
+    for (const b of req.buffers) this.releaseReg(this.buffers.get(b)!);
+    this.send({ type: 'result', id: req.id });
+  }
+
+  /** The client lets go: later requests cannot name it; the memory goes once no collective uses it. */
+  private releaseReg(reg: Registration | undefined): void {
+    if (!reg || reg.released) return;
+    this.buffers.delete(reg.id);
+    reg.released = true;
+    if (reg.users === 0) this.drop(reg);
+  }
+
+  private drop(reg: Registration): void {
+    this.ctx.world.unregister(reg);
+    reg.owner.buffers--;
+    this.ctx.processes.forgetIfIdle(reg.owner);
   }
 
   private onHello(msg: Message): void {
@@ -182,18 +346,19 @@ export class ClientSession {
     try {
       hello = parseHello(msg);
     } catch (err) {
-      return this.sendError(requestId(msg), toNccldError(err));
+      return this.sendError(isId(msg.id) ? msg.id : null, toNccldError(err));
     }
     const protocol = Math.min(hello.protocol, PROTOCOL_VERSION);
     if (protocol < MIN_PROTOCOL_VERSION) {
-      this.sendError(null, new NccldError(ErrorCodes.VERSION, `client speaks protocol ${hello.protocol}; this daemon speaks ${MIN_PROTOCOL_VERSION} to ${PROTOCOL_VERSION}`), {
+      this.refuse(new NccldError(ErrorCodes.VERSION, `client speaks protocol ${hello.protocol}; this daemon speaks ${MIN_PROTOCOL_VERSION} to ${PROTOCOL_VERSION}`, {
         supported: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION],
-      });
-      this.socket.end();
+      }));
       return;
     }
     this.helloDone = true;
-    this.clientName = hello.client ?? null;
+    if (this.helloTimer) clearTimeout(this.helloTimer);
+    this.helloTimer = null;
+    this.clientName = hello.client ?? null; // the debug socket escapes its control characters
     const { world, limits } = this.ctx;
     const reply: HelloReply = {
       type: 'hello',
@@ -203,34 +368,83 @@ export class ClientSession {
       backend: world.backend,
       worldSize: world.size,
       devices: world.ranks.map((r) => r.device),
+      deviceUuids: world.ranks.map((r) => r.deviceUuid),
       maxFrameBytes: limits.maxFrameBytes,
       maxInFlight: limits.maxInFlight,
+      maxBuffers: limits.maxBuffers,
+      timeoutMs: limits.timeoutMs,
+      maxTimeoutMs: limits.maxTimeoutMs,
     };
     this.send(reply as unknown as Message);
     this.log.info({ clientName: this.clientName, protocol }, 'hello');
   }
 
-  private send(msg: Message): void {
-    if (!this.socket.writable) return;
-    this.socket.write(encodeFrame(msg));
+  /** Says why, then closes: for connections we will not serve. */
+  private refuse(err: NccldError): void {
+    this.sendError(null, err);
+    this.hungUp = true;
+    this.conn.end();
   }
 
-  private sendError(id: number | null, err: NccldError, extra?: Record<string, unknown>): void {
+  private send(msg: Message): void {
+    if (this.closed) return;
+    const queued = this.conn.write(encodeFrame(msg));
+    const limit = this.ctx.limits.replyBacklogBytes;
+    if (queued <= limit) return;
+    if (queued > 4 * limit) return this.dropSlowReader(`${queued} reply bytes unread`);
+    if (this.readingPaused) return;
+    // It does not read its replies: read no more requests from it until it does.
+    this.readingPaused = true;
+    this.conn.pause();
+    this.slowTimer = setTimeout(() => this.dropSlowReader(`over ${limit} reply bytes unread for ${this.ctx.limits.slowReaderMs} ms`), this.ctx.limits.slowReaderMs);
+  }
+
+  private onDrain(): void {
+    if (!this.readingPaused || this.closed) return;
+    this.readingPaused = false;
+    if (this.slowTimer) clearTimeout(this.slowTimer);
+    this.slowTimer = null;
+    this.conn.resume();
+  }
+
+  private dropSlowReader(why: string): void {
+    if (this.closed) return;
+    this.ctx.stats.error(ErrorCodes.SLOW_READER);
+    this.log.warn({ why }, 'disconnecting a client that does not read its replies');
+    this.conn.close();
+  }
+
+  private sendError(id: number | null, err: NccldError): void {
     this.ctx.stats.error(err.code);
     if (err.code === ErrorCodes.INTERNAL) this.log.error({ err }, 'internal error');
     else this.log.debug({ id, code: err.code, message: err.message }, 'request failed');
-    this.send({ type: 'error', id, code: err.code, message: err.message, ...err.details, ...extra });
+    this.send({ type: 'error', id, code: err.code, message: err.message, ...err.details });
   }
 
-  private onClose(): void {
+  private onClose(err: string | null): void {
     if (this.closed) return;
     this.closed = true;
-    const pending = this.inFlight.size;
-    this.log.info({ inFlight: pending, served: this.requestsServed }, 'client disconnected');
-    // Its collectives already on the ranks finish (the others must not be stalled half-way);
-    // queued ones are skipped; then every rank drops this client's mappings.
-    void this.settled().then(() => this.ctx.world.forgetClient(this.id));
+    if (this.helloTimer) clearTimeout(this.helloTimer);
+    if (this.slowTimer) clearTimeout(this.slowTimer);
+    this.closeFds();
+    this.log.info({ inFlight: this.ids.size, served: this.requestsServed, err }, 'client disconnected');
+    // Its queued collectives never start; those on the ranks run to their end; then its buffers go.
+    this.ctx.scheduler.cancel(this);
+    for (const reg of [...this.buffers.values()]) this.releaseReg(reg);
+    this.ctx.processes.detach(this.process);
+    this.onGone(this);
   }
 }
 
-const bufferKey = (b: BufferRef): string => (isShmRef(b) ? `shm:${b.shm}` : `ipc:${ipcHandleKey(b.ipc)}`);
+/** Two ranks' slots in one buffer must not share bytes: each rank writes the result into all of them. */
+function checkNoOverlap(slots: Slot[], bytes: number): void {
+  if (bytes === 0) return;
+  for (let a = 0; a < slots.length; a++) {
+    for (let b = a + 1; b < slots.length; b++) {
+      if (slots[a].reg !== slots[b].reg) continue;
+      if (slots[a].offset < slots[b].offset + bytes && slots[b].offset < slots[a].offset + bytes) {
+        throw new NccldError(ErrorCodes.BUFFER_OVERLAP, `buffers[${a}] and buffers[${b}] share bytes of buffer ${slots[a].reg.id}; each rank needs its own bytes`);
+      }
+    }
+  }
+}

@@ -16,9 +16,27 @@ export interface Config {
   debugSocket: string;
   socketMode: number;
   debugSocketMode: number;
+  /** Requests one client process may have unfinished, over all its connections. */
   maxInFlight: number;
   maxQueued: number;
   maxFrameBytes: number;
+  /** Buffers one client process may have registered, and all clients together. */
+  maxBuffers: number;
+  maxBuffersTotal: number;
+  maxConnections: number;
+  maxConnectionsPerUid: number;
+  /** A connection that has not said hello by then is closed. */
+  helloTimeoutMs: number;
+  /** Reply bytes a client may leave unread before we stop reading from it... */
+  replyBacklogBytes: number;
+  /** ...and how long it may stay so before it is disconnected. */
+  slowReaderMs: number;
+  /** A collective unfinished on a rank after this long means the rank hangs: the world is rebuilt. */
+  hangTimeoutMs: number;
+  /** How long shutdown lets queued collectives start before failing them. */
+  shutdownGraceMs: number;
+  /** How long a device process may take to say it is ready. */
+  startTimeoutMs: number;
   logLevel: string;
   /** Deadline of a collective that names none, from when the daemon accepts it. */
   timeoutMs: number;
@@ -57,12 +75,22 @@ export const SETTINGS: Setting[] = [
   { flag: 'socket', key: 'socket', kind: 'string', shownDefault: 'nccld.sock in /run/nccld (root), $XDG_RUNTIME_DIR/nccld or /tmp/nccld-<uid>', help: 'API socket path' },
   { flag: 'debug-socket', key: 'debugSocket', kind: 'string', shownDefault: 'debug.sock beside the API socket', help: 'debug socket path' },
   { flag: 'socket-mode', key: 'socketMode', kind: 'mode', shownDefault: '660', help: 'octal mode of an API socket nccld creates itself' },
-  { flag: 'max-in-flight', key: 'maxInFlight', kind: { int: [1, 1_000_000] }, shownDefault: '1024', help: 'requests one client may have in flight' },
+  { flag: 'max-in-flight', key: 'maxInFlight', kind: { int: [1, 1_000_000] }, shownDefault: '1024', help: 'requests one client process may have unfinished, over all its connections' },
   { flag: 'max-queued', key: 'maxQueued', kind: { int: [1, 10_000_000] }, shownDefault: '65536', help: 'collectives queued in the whole daemon' },
-  { flag: 'max-frame-bytes', key: 'maxFrameBytes', kind: { int: [1024, 64 << 20] }, shownDefault: String(DEFAULT_MAX_FRAME_BYTES), help: 'largest protocol frame accepted' },
+  { flag: 'max-frame-bytes', key: 'maxFrameBytes', kind: { int: [1024, 16 << 20] }, shownDefault: String(DEFAULT_MAX_FRAME_BYTES), help: 'largest protocol frame accepted' },
+  { flag: 'max-buffers', key: 'maxBuffers', kind: { int: [1, 1_000_000] }, shownDefault: '4096', help: 'buffers one client process may have registered' },
+  { flag: 'max-buffers-total', key: 'maxBuffersTotal', kind: { int: [1, 1_000_000] }, shownDefault: '32768', help: 'buffers registered by all clients together' },
+  { flag: 'max-connections', key: 'maxConnections', kind: { int: [1, 1_000_000] }, shownDefault: '1024', help: 'client connections in all' },
+  { flag: 'max-connections-per-uid', key: 'maxConnectionsPerUid', kind: { int: [1, 1_000_000] }, shownDefault: '256', help: 'client connections of one user (root is not limited)' },
+  { flag: 'hello-timeout-ms', key: 'helloTimeoutMs', kind: { int: [10, 600_000] }, shownDefault: '5000', help: 'a connection that has not said hello by then is closed' },
+  { flag: 'reply-backlog-bytes', key: 'replyBacklogBytes', kind: { int: [4096, 1 << 30] }, shownDefault: String(1 << 20), help: 'unread reply bytes after which a client is no longer read from' },
+  { flag: 'slow-reader-ms', key: 'slowReaderMs', kind: { int: [10, 3_600_000] }, shownDefault: '10000', help: 'how long a client may stay over that before it is disconnected' },
+  { flag: 'hang-timeout-ms', key: 'hangTimeoutMs', kind: { int: [100, 86_400_000] }, shownDefault: '300000', help: 'a collective unfinished on a rank after this long means a hung rank: the world is rebuilt' },
+  { flag: 'shutdown-grace-ms', key: 'shutdownGraceMs', kind: { int: [0, 3_600_000] }, shownDefault: '10000', help: 'on stop, how long queued collectives may still start' },
+  { flag: 'start-timeout-ms', key: 'startTimeoutMs', kind: { int: [100, 3_600_000] }, shownDefault: '120000', help: 'how long a device process may take to start' },
   { flag: 'log-level', key: 'logLevel', kind: { oneOf: LOG_LEVELS }, shownDefault: 'info', help: 'pino log level' },
-  { flag: 'timeout-ms', key: 'timeoutMs', kind: { int: [100, 86_400_000] }, shownDefault: '30000', help: 'deadline of a collective that names none' },
-  { flag: 'max-timeout-ms', key: 'maxTimeoutMs', kind: { int: [100, 86_400_000] }, shownDefault: '600000', help: 'longest deadline a request may ask for' },
+  { flag: 'timeout-ms', key: 'timeoutMs', kind: { int: [1, 86_400_000] }, shownDefault: '30000', help: "deadline of a collective's reply when the request names none" },
+  { flag: 'max-timeout-ms', key: 'maxTimeoutMs', kind: { int: [1, 86_400_000] }, shownDefault: '600000', help: 'longest deadline a request may ask for (longer ones are refused)' },
   { flag: 'restart-limit', key: 'restartLimit', kind: { int: [0, 1000] }, shownDefault: '5', help: 'world rebuilds allowed within the window before the world is failed' },
   { flag: 'restart-window-ms', key: 'restartWindowMs', kind: { int: [1000, 86_400_000] }, shownDefault: '60000', help: 'that window' },
   { flag: 'enable-fault-injection', key: 'faultInjection', kind: 'bool', shownDefault: 'off', help: "let the debug socket's 'inject' make ranks crash, hang or fail" },
@@ -77,6 +105,16 @@ const DEFAULTS = {
   maxInFlight: 1024,
   maxQueued: 65536,
   maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+  maxBuffers: 4096,
+  maxBuffersTotal: 32768,
+  maxConnections: 1024,
+  maxConnectionsPerUid: 256,
+  helloTimeoutMs: 5_000,
+  replyBacklogBytes: 1 << 20,
+  slowReaderMs: 10_000,
+  hangTimeoutMs: 300_000,
+  shutdownGraceMs: 10_000,
+  startTimeoutMs: 120_000,
   logLevel: 'info',
   timeoutMs: 30_000,
   maxTimeoutMs: 600_000,

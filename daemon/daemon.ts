@@ -1,6 +1,7 @@
 // The daemon as a whole: a world of device processes, one scheduler, the API socket and the
 // debug socket, started in that order and stopped in the reverse one.
 import { NCCLD_VERSION } from '../shared/version.js';
+import { native } from '../shared/native.js';
 import { ApiServer } from './api-server.js';
 import { chooseBackend, gpuVersions } from './backend-select.js';
 import type { Config } from './config.js';
@@ -45,6 +46,8 @@ export class Daemon {
       logger: log,
       restartLimit: cfg.restartLimit,
       restartWindowMs: cfg.restartWindowMs,
+      hangTimeoutMs: cfg.hangTimeoutMs,
+      startTimeoutMs: cfg.startTimeoutMs,
     });
     this.stats = new Stats(this.world.size);
     this.scheduler = new Scheduler(
@@ -58,9 +61,21 @@ export class Daemon {
         world: this.world,
         scheduler: this.scheduler,
         stats: this.stats,
-        limits: { maxFrameBytes: cfg.maxFrameBytes, maxInFlight: cfg.maxInFlight, timeoutMs: cfg.timeoutMs, maxTimeoutMs: cfg.maxTimeoutMs },
+        recorder: this.recorder,
+        limits: {
+          maxFrameBytes: cfg.maxFrameBytes,
+          maxInFlight: cfg.maxInFlight,
+          maxBuffers: cfg.maxBuffers,
+          maxBuffersTotal: cfg.maxBuffersTotal,
+          timeoutMs: cfg.timeoutMs,
+          maxTimeoutMs: cfg.maxTimeoutMs,
+          helloTimeoutMs: cfg.helloTimeoutMs,
+          replyBacklogBytes: cfg.replyBacklogBytes,
+          slowReaderMs: cfg.slowReaderMs,
+        },
         draining: () => this.draining,
       },
+      { maxConnections: cfg.maxConnections, maxConnectionsPerUid: cfg.maxConnectionsPerUid },
       log,
     );
     this.debug = new DebugServer(new DebugCommands(this), log);
@@ -69,9 +84,15 @@ export class Daemon {
   async start(): Promise<void> {
     // Sockets passed by systemd are taken first: clients may already be waiting on them.
     const passed = takeListenFds();
+    // Each registered buffer is a descriptor held here: use all the descriptors we may.
+    const fdLimit = native.raiseFdLimit();
+    this.log.debug({ fdLimit }, 'file descriptor limit');
     await this.world.start();
-    await this.debug.listen(passed?.debug != null ? { fd: passed.debug } : { path: this.cfg.debugSocket, mode: this.cfg.debugSocketMode });
-    await this.api.listen(passed?.api != null ? { fd: passed.api } : { path: this.cfg.socket, mode: this.cfg.socketMode });
+    // A user's daemon keeps its sockets in a directory only that user can enter; root's (for the
+    // system service's group) in one anyone may enter but only root may write.
+    const dirMode = process.geteuid?.() === 0 ? 0o755 : 0o700;
+    await this.debug.listen(passed?.debug != null ? { fd: passed.debug } : { path: this.cfg.debugSocket, mode: this.cfg.debugSocketMode, dirMode });
+    await this.api.listen(passed?.api != null ? { fd: passed.api } : { path: this.cfg.socket, mode: this.cfg.socketMode, dirMode });
     this.log.info(
       { socket: passed?.api != null ? `fd ${passed.api} from systemd` : this.cfg.socket, debugSocket: passed?.debug != null ? `fd ${passed.debug} from systemd` : this.cfg.debugSocket },
       'nccld serving',
@@ -87,18 +108,21 @@ export class Daemon {
     return `world ${w.state}, generation ${w.generation}, ${w.size} rank${w.size === 1 ? '' : 's'} (${w.backend})${w.failure ? `: ${w.failure}` : ''}`;
   }
 
-  /** Stop accepting, finish and answer everything accepted, stop the ranks, remove the sockets. */
+  /**
+   * Stop accepting, let queued collectives start for a grace period (at once fail them if the
+   * world cannot run them), stop the ranks (which ends whatever still runs), answer everyone,
+   * close every connection (idle ones too) and remove the sockets. Ends from any world state.
+   */
   shutdown(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info('shutting down: finishing requests in flight');
       this.notifier.stopping();
       this.draining = true;
       const apiClosed = this.api.stopAccepting();
-      await this.api.settled();
-      await this.scheduler.drain();
-      this.api.endSessions();
-      await apiClosed;
+      await this.scheduler.drain(this.cfg.shutdownGraceMs);
       await this.world.stop();
+      await this.api.endSessions(1_000);
+      await apiClosed;
       await this.debug.close();
       this.log.info('nccld stopped');
     })();
@@ -156,6 +180,7 @@ export class Daemon {
         lastSeq: this.scheduler.lastSeq,
       },
       clients: this.api.sessions.size,
+      registeredBuffers: w.registry.size,
       ranks: w.ranks.map(rankStatus),
     };
   }

@@ -99,10 +99,10 @@ export class DebugServer {
       let out: string[];
       try {
         const answer = await this.run(command.toLowerCase(), args, session);
-        out = session.json ? [JSON.stringify({ ok: true, command, result: answer.data })] : [...answer.lines, 'OK'];
+        out = session.json ? [JSON.stringify({ ok: true, command, result: answer.data })] : [...answer.lines.map(escapeControl), 'OK'];
       } catch (err) {
         const message = (err as Error).message;
-        out = session.json ? [JSON.stringify({ ok: false, command, error: message })] : [`ERROR: ${message}`];
+        out = session.json ? [JSON.stringify({ ok: false, command, error: message })] : [`ERROR: ${escapeControl(message)}`];
       }
       if (socket.writable) socket.write(out.join('\n') + '\n');
       if (session.quitting) socket.end();
@@ -132,4 +132,9 @@ export class DebugServer {
         return this.commands.run(command, args);
     }
   }
+}
+
+/** Text answers are one line per item: a control character from a client (a newline in its name, say) must not forge lines. */
+export function escapeControl(line: string): string {
+  return line.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }

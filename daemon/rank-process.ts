@@ -1,21 +1,23 @@
-// The daemon's handle on one device process: forks it, speaks to it, and settles every request
-// sent to it, with an error if the process dies first, so nothing waits on a dead rank.
+// The daemon's handle on one device process: forks it, speaks to it, and settles everything sent
+// to it, with an error if the process dies first or cannot be started at all, so nothing ever
+// waits on a dead rank. Besides Node's fork channel it holds a Unix seqpacket pair over which
+// memfds travel (SCM_RIGHTS): Node's channel cannot carry plain file descriptors.
 import { fork, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
+import { native } from '../shared/native.js';
 import type { Logger } from './logger.js';
-import type { Backend, FromDevice, OpenMessage, RunMessage, StatsRequest, ToDevice, WireError } from './device/messages.js';
-
-type Settle<T> = { resolve: (v: T) => void; reject: (e: NccldError) => void };
+import type { Backend, FromDevice, RunMessage, ToDevice, CallMessage, WireError } from './device/messages.js';
+import { wireResourceError as resourceError } from './device/wire.js';
 
 function fromWire(e: WireError, rank: number): NccldError {
   return new NccldError(isErrorCode(e.code) ? e.code : ErrorCodes.INTERNAL, `rank ${rank}: ${e.message}`);
 }
 
 const DEVICE_ENTRY = fileURLToPath(new URL('./device/main.js', import.meta.url));
-/** A device process that has not said ready by then (a CUDA init that hangs...) is killed. */
-const START_TIMEOUT_MS = 120_000;
+/** The fork channel's message for a file descriptor: retried while the seqpacket queue is full. */
+const FD_RETRY_MS = 5;
 
 export type RankState = 'starting' | 'ready' | 'killing' | 'stopping' | 'exited';
 
@@ -26,25 +28,39 @@ export interface RankOptions {
   device: number | null;
   logLevel: string;
   logger: Logger;
+  /** A device process that has not said ready by then (a CUDA init that hangs...) is killed. */
+  startTimeoutMs: number;
 }
+
+type Done = (err: NccldError | null) => void;
+type Settle = { resolve: (v: unknown) => void; reject: (e: NccldError) => void };
 
 export class RankProcess extends EventEmitter {
   readonly rank: number;
   readonly device: number | null;
-  state: RankState = 'starting';
+  state: RankState = 'exited';
   pid: number | undefined;
   deviceName: string | null = null;
+  /** The GPU's UUID ("GPU-..."), which does not depend on CUDA_VISIBLE_DEVICES; null on the host backend. */
+  deviceUuid: string | null = null;
   collectivesDone = 0;
   /** The world generation this rank's current process joined. */
   generation = 0;
   lastError: string | null = null;
   private child: ChildProcess | undefined;
-  private readonly pending = new Map<number, Settle<void>>();
-  private readonly calls = new Map<number, Settle<unknown>>();
+  /** The daemon's end of the fd channel of the current process; -1 when none. */
+  private fdSocket = -1;
+  private readonly pending = new Map<number, Done>();
+  private readonly calls = new Map<number, Settle>();
   private nextCall = 1;
+  /** Memfds waiting for room in the fd channel, in order, each with the map call that follows it. */
+  private readonly fdBacklog: { id: number; fd: number; settle: Settle }[] = [];
+  private fdTimer: NodeJS.Timeout | null = null;
   /** One-shot waits for a message type (uniqueId, commReady), settled by it or by the process's exit. */
-  private readonly waiters: { type: FromDevice['t']; settle: Settle<FromDevice> }[] = [];
+  private readonly waiters: { type: FromDevice['t']; settle: Settle }[] = [];
   private readonly log: Logger;
+  /** Set by stop(): no new process is started after it. */
+  private retired = false;
 
   constructor(private readonly opts: RankOptions) {
     super();
@@ -56,43 +72,73 @@ export class RankProcess extends EventEmitter {
   /** Faults to put into this rank's device processes (tests and drills; off unless enabled). */
   startFault: 'crash' | null = null;
 
-  /** Forks the process (again, after a death) and resolves once it reports ready; rejects if it dies first. */
+  /**
+   * Forks the process (again, after a death) and resolves once it reports ready. Rejects if the
+   * fork fails (descriptors, processes or memory exhausted), if the process dies first, or if it
+   * is not ready within the start timeout (it is killed then).
+   */
   start(): Promise<void> {
+    if (this.retired) return Promise.reject(new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is stopping'));
     this.state = 'starting';
-    const env = { ...process.env };
-    // Sockets handed to the daemon by systemd are not the device process's.
-    delete env.LISTEN_FDS;
-    delete env.LISTEN_PID;
-    delete env.LISTEN_FDNAMES;
-    delete env.NOTIFY_SOCKET;
-    const child = fork(DEVICE_ENTRY, [], {
-      serialization: 'advanced',
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env,
-    });
+    let pair: [number, number];
+    let child: ChildProcess;
+    try {
+      pair = native.socketPair('seqpacket');
+    } catch (err) {
+      this.state = 'exited';
+      return Promise.reject(resourceError(err, `rank ${this.rank}: cannot make its descriptor channel`));
+    }
+    try {
+      const env = { ...process.env };
+      // Sockets handed to the daemon by systemd are not the device process's.
+      delete env.LISTEN_FDS;
+      delete env.LISTEN_PID;
+      delete env.LISTEN_FDNAMES;
+      delete env.NOTIFY_SOCKET;
+      child = fork(DEVICE_ENTRY, [], {
+        serialization: 'advanced',
+        // fd 3: Node's channel; fd FD_CHANNEL (4): the seqpacket end for memfds.
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc', pair[1]],
+        env,
+      });
+    } catch (err) {
+      native.closeFd(pair[0]);
+      native.closeFd(pair[1]);
+      this.state = 'exited';
+      return Promise.reject(resourceError(err, `rank ${this.rank}: cannot start its device process`));
+    }
+    native.closeFd(pair[1]);
+    this.closeFdSocket();
+    this.fdSocket = pair[0];
     this.child = child;
     this.pid = child.pid;
     this.log.info({ devicePid: child.pid }, 'device process forked');
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.log.error({ ms: START_TIMEOUT_MS }, 'device process not ready in time; killing it');
-        child.kill('SIGKILL');
-      }, START_TIMEOUT_MS);
-      child.once('exit', () => clearTimeout(timer));
-      const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
-        reject(new NccldError(ErrorCodes.DEVICE_LOST, `device process of rank ${this.rank} exited (code ${code}, signal ${signal}) before it was ready`));
+      let settled = false;
+      const settle = (err: NccldError | null) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve();
       };
-      child.once('exit', onExit);
-      child.on('message', (raw) =>
-        this.onMessage(raw as FromDevice, resolve, reject, () => {
-          clearTimeout(timer);
-          child.off('exit', onExit);
-        }),
-      );
-      child.on('exit', (code, signal) => {
+      const timer = setTimeout(() => {
+        this.log.error({ ms: this.opts.startTimeoutMs }, 'device process not ready in time; killing it');
+        settle(new NccldError(ErrorCodes.DEVICE_LOST, `device process of rank ${this.rank} was not ready within ${this.opts.startTimeoutMs} ms`));
+        this.state = 'killing';
+        child.kill('SIGKILL');
+      }, this.opts.startTimeoutMs);
+      // A spawn that fails (EMFILE, EAGAIN, ENOMEM) may never emit 'exit': 'error' settles it.
+      child.on('error', (err) => {
+        this.log.error({ err: err.message }, 'device process error');
+        settle(resourceError(err, `rank ${this.rank}: cannot start its device process`));
+        if (child === this.child && child.pid === undefined) this.onExit(null, null);
+      });
+      child.once('exit', (code, signal) => {
+        settle(new NccldError(ErrorCodes.DEVICE_LOST, `device process of rank ${this.rank} exited (code ${code}, signal ${signal}) before it was ready`));
         if (child === this.child) this.onExit(code, signal);
       });
-      child.on('error', (err) => this.log.error({ err }, 'device process error'));
+      child.on('message', (raw) => this.onMessage(raw as FromDevice, settle));
       this.send({
         t: 'init',
         rank: this.rank,
@@ -106,10 +152,15 @@ export class RankProcess extends EventEmitter {
     });
   }
 
-  /** SIGKILL: for a rank that missed a deadline; its exit settles everything sent to it. */
+  /** No new process after this (the daemon is stopping). */
+  retire(): void {
+    this.retired = true;
+  }
+
+  /** SIGKILL: for a hung rank; its exit settles everything sent to it. Resolves once it is gone. */
   kill(): Promise<void> {
     const child = this.child;
-    if (!child || this.state === 'exited') return Promise.resolve();
+    if (!child || this.state === 'exited' || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
     // Not 'ready' from this moment: a rebuild must wait for this process to be gone.
     this.state = 'killing';
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -117,32 +168,81 @@ export class RankProcess extends EventEmitter {
     return exited;
   }
 
-  /** Resolves once the current process has exited (at once if it has). */
-  exited(): Promise<void> {
-    const child = this.child;
-    if (!child || this.state === 'exited' || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-    return new Promise((resolve) => child.once('exit', () => resolve()));
-  }
-
-  /** Runs one collective on this rank; settles when the rank has finished it or died. */
-  run(job: RunMessage): Promise<void> {
+  /** Runs one collective on this rank; `done` is called once, when the rank has finished it or died. */
+  run(job: RunMessage, done: Done): void {
     if (this.state !== 'ready') {
-      return Promise.reject(new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`));
+      const err = new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`);
+      process.nextTick(done, err); // never re-enter the caller's loop over the ranks
+      return;
     }
-    return new Promise((resolve, reject) => {
-      this.pending.set(job.seq, { resolve, reject });
-      this.send(job);
-    });
+    this.pending.set(job.seq, done);
+    this.send(job);
   }
 
   send(msg: ToDevice): void {
     if (this.child?.connected) this.child.send(msg);
   }
 
+  /** Whether the process answers within `ms` (an exit or no answer says no). */
+  async ping(ms: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        this.call({ t: 'ping' }).then(() => true),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms))),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Hands a memfd to the device process, which maps it under `id` and closes its copy. The
+   * descriptor travels over the seqpacket channel; the fork-channel message after it says which.
+   */
+  mapFd(id: number, fd: number): Promise<void> {
+    if (this.state !== 'ready') return Promise.reject(new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`));
+    return new Promise((resolve, reject) => {
+      this.fdBacklog.push({ id, fd, settle: { resolve: resolve as (v: unknown) => void, reject } });
+      this.flushFds();
+    });
+  }
+
+  private flushFds(): void {
+    while (this.fdBacklog.length > 0) {
+      const next = this.fdBacklog[0];
+      if (this.state !== 'ready' || this.fdSocket < 0) {
+        this.fdBacklog.shift();
+        next.settle.reject(new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`));
+        continue;
+      }
+      const tag = Buffer.alloc(4);
+      tag.writeUInt32LE(next.id);
+      try {
+        native.sendFds(this.fdSocket, tag, [next.fd]);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EAGAIN') {
+          // The device process has not taken the earlier ones yet: try again shortly.
+          this.fdTimer ??= setTimeout(() => {
+            this.fdTimer = null;
+            this.flushFds();
+          }, FD_RETRY_MS);
+          return;
+        }
+        this.fdBacklog.shift();
+        next.settle.reject(resourceError(err, `rank ${this.rank}: cannot pass the buffer`));
+        continue;
+      }
+      this.fdBacklog.shift();
+      this.call({ t: 'map', id: next.id }).then(next.settle.resolve, next.settle.reject);
+    }
+  }
+
   /** Asks the process to finish its work and exit; kills it if it has not after `graceMs`. */
   async stop(graceMs: number): Promise<void> {
+    this.retired = true;
     const child = this.child;
-    if (!child || this.state === 'exited') return;
+    if (!child || this.state === 'exited' || child.exitCode !== null || child.signalCode !== null) return;
     this.state = 'stopping';
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     this.send({ t: 'stop' });
@@ -158,20 +258,21 @@ export class RankProcess extends EventEmitter {
     return this.pending.size;
   }
 
-  private onMessage(msg: FromDevice, ready: () => void, failed: (e: NccldError) => void, readyDone: () => void): void {
+  private onMessage(msg: FromDevice, started: (err: NccldError | null) => void): void {
     switch (msg.t) {
       case 'ready':
         this.pid = msg.pid;
         this.deviceName = msg.deviceName;
-        readyDone();
+        this.deviceUuid = msg.deviceUuid ?? null;
         if (msg.error) {
           this.lastError = `${msg.error.code}: ${msg.error.message}`;
-          failed(fromWire(msg.error, this.rank));
+          started(fromWire(msg.error, this.rank));
+          this.state = 'killing';
           this.child?.kill('SIGKILL');
           return;
         }
         this.state = 'ready';
-        ready();
+        started(null);
         break;
       case 'reply': {
         const c = this.calls.get(msg.call);
@@ -181,8 +282,8 @@ export class RankProcess extends EventEmitter {
         break;
       }
       case 'done': {
-        const p = this.pending.get(msg.seq);
-        if (!p) {
+        const done = this.pending.get(msg.seq);
+        if (!done) {
           this.log.error({ seq: msg.seq }, 'reply for a collective this rank was not running');
           return;
         }
@@ -190,9 +291,9 @@ export class RankProcess extends EventEmitter {
         this.collectivesDone++;
         if (msg.error) {
           this.lastError = `${msg.error.code}: ${msg.error.message}`;
-          p.reject(fromWire(msg.error, this.rank));
+          done(fromWire(msg.error, this.rank));
         } else {
-          p.resolve();
+          done(null);
         }
         break;
       }
@@ -204,8 +305,8 @@ export class RankProcess extends EventEmitter {
     }
   }
 
-  /** Sends a request that the device process answers with a reply (open, stats). */
-  call<T>(msg: Omit<OpenMessage, 'call'> | Omit<StatsRequest, 'call'>): Promise<T> {
+  /** Sends a request that the device process answers with a reply (map, open, ping, stats). */
+  call<T>(msg: CallMessage): Promise<T> {
     if (this.state !== 'ready') {
       return Promise.reject(new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`));
     }
@@ -219,23 +320,35 @@ export class RankProcess extends EventEmitter {
   /** Resolves with the next message of this type from the device process. */
   expect<T extends FromDevice['t']>(type: T): Promise<Extract<FromDevice, { t: T }>> {
     return new Promise((resolve, reject) => {
-      this.waiters.push({ type, settle: { resolve: resolve as (m: FromDevice) => void, reject } });
+      this.waiters.push({ type, settle: { resolve: resolve as (m: unknown) => void, reject } });
     });
+  }
+
+  private closeFdSocket(): void {
+    if (this.fdSocket >= 0) native.closeFd(this.fdSocket);
+    this.fdSocket = -1;
   }
 
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
     const expected = this.state === 'stopping' || this.state === 'killing';
     this.state = 'exited';
+    this.closeFdSocket();
+    if (this.fdTimer) clearTimeout(this.fdTimer);
+    this.fdTimer = null;
     const why = `device process of rank ${this.rank} (pid ${this.pid}) exited (code ${code}, signal ${signal})`;
     if (expected) this.log.info({ code, signal }, 'device process exited');
     else this.log.error({ code, signal }, 'device process exited unexpectedly');
     const lost = new NccldError(ErrorCodes.DEVICE_LOST, why);
-    for (const p of this.pending.values()) p.reject(lost);
-    for (const c of this.calls.values()) c.reject(lost);
-    for (const w of this.waiters) w.settle.reject(lost);
+    const pending = [...this.pending.values()];
+    const calls = [...this.calls.values()];
+    const waiters = this.waiters.splice(0);
+    const backlog = this.fdBacklog.splice(0);
     this.pending.clear();
     this.calls.clear();
-    this.waiters.length = 0;
+    for (const done of pending) done(lost);
+    for (const c of calls) c.reject(lost);
+    for (const w of waiters) w.settle.reject(lost);
+    for (const b of backlog) b.settle.reject(lost);
     this.emit('exit', { code, signal, expected });
   }
 }

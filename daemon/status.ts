@@ -22,6 +22,7 @@ export interface DaemonStatus {
   uptimeSeconds: number;
   requests: { served: number; failed: number; waiting: number; running: number; lastSeq: number };
   clients: number;
+  registeredBuffers: number;
   ranks: RankStatus[];
 }
 
@@ -52,7 +53,7 @@ export function formatStatus(s: DaemonStatus): string[] {
     ...(s.world.lastBreak ? [`last break: ${s.world.lastBreak}`] : []),
     `uptime: ${s.uptimeSeconds}s`,
     `requests: ${s.requests.served} served, ${s.requests.failed} failed, ${s.requests.running} running, ${s.requests.waiting} waiting, last seq ${s.requests.lastSeq}`,
-    `clients: ${s.clients}`,
+    `clients: ${s.clients}, buffers registered: ${s.registeredBuffers}`,
   ];
   const widths = [4, 8, 24, 9, 11, 9];
   lines.push(pad(['rank', 'pid', 'device', 'state', 'collectives', 'in-flight'], widths) + '  last error');

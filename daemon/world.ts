@@ -1,12 +1,15 @@
 // The world: one device process per rank, started together, fed every collective in one order,
-// and healed together. It fans a collective out to every rank, joins their replies within the
-// collective's deadline, and when a rank dies, hangs or fails it rebuilds itself under a new
-// generation, within a restart budget.
+// and healed together. It fans a collective out to every rank and joins their replies. Only its
+// own hang watchdog (a rank that has not finished a collective within the operator's threshold),
+// a dead rank or a failed one breaks it; it then rebuilds itself under a new generation, within a
+// restart budget, with backoff between attempts, and maps every registered buffer again.
 import { EventEmitter } from 'node:events';
-import { ErrorCodes, NccldError, type ErrorCode } from '../shared/errors.js';
-import type { BufferRef } from '../shared/protocol.js';
+import { performance } from 'node:perf_hooks';
+import { ErrorCodes, NccldError, toNccldError, type ErrorCode } from '../shared/errors.js';
+import type { Collective } from './collective.js';
 import type { Logger } from './logger.js';
 import { RankProcess } from './rank-process.js';
+import { Registry, type Registration } from './registry.js';
 import type { Backend, RunMessage } from './device/messages.js';
 
 export type WorldState = 'starting' | 'ready' | 'rebuilding' | 'failed' | 'stopping' | 'stopped';
@@ -22,17 +25,10 @@ export interface WorldOptions {
   /** Rebuilds allowed within restartWindowMs; one more and the world is failed. */
   restartLimit: number;
   restartWindowMs: number;
-}
-
-/** A collective as the world runs it: validated, sequenced, one buffer per rank. */
-export interface Collective {
-  seq: number;
-  client: number;
-  kind: 'allreduce';
-  dtype: RunMessage['dtype'];
-  op: RunMessage['op'];
-  count: number;
-  buffers: BufferRef[];
+  /** A collective not finished on a rank after this long means that rank hangs: the world breaks. */
+  hangTimeoutMs: number;
+  /** How long a device process may take to say it is ready. */
+  startTimeoutMs?: number;
 }
 
 /** Which error a collective reports when its ranks failed differently: the root cause first. */
@@ -41,11 +37,15 @@ const rankOfCause = (code: ErrorCode) => (code === ErrorCodes.ABORTED ? 100 : CA
 
 /** Failures that leave a rank (or its communicator) unusable: the world must be rebuilt. */
 const BREAKS_WORLD = new Set<ErrorCode>([ErrorCodes.DEVICE_LOST, ErrorCodes.TIMEOUT, ErrorCodes.NCCL, ErrorCodes.CUDA]);
+/** Rebuild attempts after the first wait 100 ms, 200 ms, ... up to this. */
+const MAX_BACKOFF_MS = 5_000;
+/** A live rank must answer a ping within this during a rebuild. */
+const PING_TIMEOUT_MS = 10_000;
 
 export class World extends EventEmitter {
   state: WorldState = 'starting';
   failure: string | null = null;
-  /** Rises on every rebuild (and each NCCL communicator built). */
+  /** Rises on every rebuild attempt (and each NCCL communicator built). */
   generation = 0;
   /** When each rebuild of the current window started, for the restart budget. */
   private restarts: number[] = [];
@@ -53,9 +53,14 @@ export class World extends EventEmitter {
   lastBreak: string | null = null;
   readonly ranks: RankProcess[];
   readonly backend: Backend;
+  readonly registry = new Registry();
   private readonly log: Logger;
-  private readyWaiters: { resolve: () => void; reject: (e: NccldError) => void }[] = [];
+  private readyWaiters: { resolve: () => void; reject: (e: NccldError) => void; timer: NodeJS.Timeout }[] = [];
   private healing: Promise<void> | null = null;
+  /** Collectives on the ranks, oldest first (the watchdog looks at the head). */
+  private readonly running = new Set<Collective>();
+  private watchdog: NodeJS.Timeout | null = null;
+  private backoff: { timer: NodeJS.Timeout; wake: () => void } | null = null;
 
   constructor(private readonly opts: WorldOptions) {
     super();
@@ -70,6 +75,7 @@ export class World extends EventEmitter {
           device,
           logLevel: opts.logLevel,
           logger: opts.logger,
+          startTimeoutMs: opts.startTimeoutMs ?? 120_000,
         }),
     );
     for (const r of this.ranks) r.on('exit', (e: { expected: boolean }) => this.onRankExit(r, e.expected));
@@ -77,6 +83,10 @@ export class World extends EventEmitter {
 
   get size(): number {
     return this.ranks.length;
+  }
+
+  get collectivesRunning(): number {
+    return this.running.size;
   }
 
   /** Starts every device process; ready only when each has said so (no sleeps, no guessing). */
@@ -89,10 +99,13 @@ export class World extends EventEmitter {
       throw err;
     }
     this.becomeReady();
+    const every = Math.max(10, Math.min(1_000, Math.floor(this.opts.hangTimeoutMs / 4)));
+    this.watchdog = setInterval(() => this.checkHangs(), every);
+    this.watchdog.unref();
     this.log.info({ size: this.size, backend: this.backend, ms: Date.now() - t0 }, 'world ready');
   }
 
-  /** Resolves when the world can take a collective; waits out a rebuild until the deadline. */
+  /** Resolves when the world can take work; waits out a rebuild until the deadline. */
   whenReady(deadline: number): Promise<void> {
     if (this.state === 'ready') return Promise.resolve();
     if (this.state === 'failed') return Promise.reject(this.failedError());
@@ -100,65 +113,63 @@ export class World extends EventEmitter {
       return Promise.reject(new NccldError(ErrorCodes.SHUTTING_DOWN, `the world is ${this.state}`));
     }
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.readyWaiters = this.readyWaiters.filter((w) => w !== waiter);
-        reject(new NccldError(ErrorCodes.TIMEOUT, `the deadline passed while the world was being rebuilt (${this.lastBreak})`));
-      }, Math.max(0, deadline - Date.now()));
       const waiter = {
-        resolve: () => (clearTimeout(timer), resolve()),
-        reject: (e: NccldError) => (clearTimeout(timer), reject(e)),
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.readyWaiters = this.readyWaiters.filter((w) => w !== waiter);
+          reject(new NccldError(ErrorCodes.TIMEOUT, `the deadline passed while the world was being rebuilt (${this.lastBreak})`));
+        }, Math.max(0, deadline - Date.now())),
       };
       this.readyWaiters.push(waiter);
     });
   }
 
   /**
-   * Runs one collective on every rank; resolves when all have finished. Rejects naming the ranks
-   * that failed, or at the deadline naming those that had not finished (and heals the world).
+   * Runs one collective on every rank; `onEnd` is called once, when every rank has reported (a
+   * rank that dies reports DEVICE_LOST through its exit). Nothing here waits on a client deadline.
    */
-  async run(c: Collective, deadline: number, onRank?: (rank: number, failed: boolean) => void): Promise<void> {
-    if (this.state !== 'ready') await this.whenReady(deadline);
-    const settled: (NccldError | null | undefined)[] = new Array(this.size).fill(undefined);
-    const all = Promise.all(
-      this.ranks.map((r) =>
-        r
-          .run({
-            t: 'run',
-            seq: c.seq,
-            client: c.client,
-            kind: c.kind,
-            dtype: c.dtype,
-            op: c.op,
-            count: c.count,
-            // Host ranks each reduce a slice across all buffers; an NCCL rank needs only its own.
-            buffers: this.backend === 'host' ? c.buffers : [c.buffers[r.rank]],
-          })
-          .then(
-            () => {
-              settled[r.rank] = null;
-              onRank?.(r.rank, false);
-            },
-            (err: NccldError) => {
-              settled[r.rank] = err;
-              onRank?.(r.rank, true);
-            },
-          ),
-      ),
-    );
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      all.then(() => false),
-      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), Math.max(0, deadline - Date.now())))),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) {
-      const stuck = settled.flatMap((s, rank) => (s === undefined ? [rank] : []));
-      const why = `collective seq ${c.seq} (${c.kind} ${c.dtype} ${c.op}, ${c.count} elements) missed its deadline: rank${stuck.length > 1 ? 's' : ''} ${stuck.join(', ')} had not finished`;
-      this.breakWorld(why, stuck);
-      throw new NccldError(ErrorCodes.TIMEOUT, why, { ranks: stuck });
+  run(c: Collective, onEnd: (err: NccldError | null) => void): void {
+    const n = this.size;
+    c.ranksLeft = n;
+    c.rankErrors = new Array(n);
+    this.running.add(c);
+    const all = c.slots.map((s) => ({ id: s.reg.id, offset: s.offset }));
+    for (const r of this.ranks) {
+      const msg: RunMessage = {
+        t: 'run',
+        seq: c.seq,
+        kind: c.kind,
+        dtype: c.dtype,
+        op: c.op,
+        count: c.count,
+        // Host ranks each reduce a slice across all buffers; an NCCL rank needs only its own.
+        buffers: this.backend === 'host' ? all : [all[r.rank]],
+      };
+      r.run(msg, (err) => this.rankDone(c, r.rank, err, onEnd));
     }
-    const failed = settled.flatMap((e, rank) => (e ? [{ rank, error: e }] : []));
-    if (failed.length === 0) return;
+  }
+
+  private rankDone(c: Collective, rank: number, err: NccldError | null, onEnd: (err: NccldError | null) => void): void {
+    if (c.rankErrors[rank] !== undefined) return;
+    c.rankErrors[rank] = err;
+    c.rec.ranks[rank] = err ? 'failed' : 'done';
+    if (--c.ranksLeft > 0) return;
+    this.running.delete(c);
+    onEnd(this.outcome(c));
+  }
+
+  /** The error a finished collective reports, if any; breaks the world when the failure says so. */
+  private outcome(c: Collective): NccldError | null {
+    if (c.hung) {
+      return new NccldError(
+        ErrorCodes.TIMEOUT,
+        `collective seq ${c.seq} had not finished on rank${c.hung.length > 1 ? 's' : ''} ${c.hung.join(', ')} after the hang threshold of ${this.opts.hangTimeoutMs} ms; the world was rebuilt`,
+        { ranks: c.hung },
+      );
+    }
+    const failed = c.rankErrors.flatMap((e, rank) => (e ? [{ rank, error: e }] : []));
+    if (failed.length === 0) return null;
     failed.sort((a, b) => rankOfCause(a.error.code) - rankOfCause(b.error.code));
     const cause = failed[0].error;
     // NCCL ranks that went ahead wait for the ones that failed: partial failure breaks the world.
@@ -166,7 +177,25 @@ export class World extends EventEmitter {
     if (partial || failed.some((f) => BREAKS_WORLD.has(f.error.code))) {
       this.breakWorld(`collective seq ${c.seq} failed: ${cause.message}`, []);
     }
-    throw new NccldError(cause.code, cause.message, { ranks: failed.map((f) => f.rank) });
+    return new NccldError(cause.code, cause.message, { ranks: failed.map((f) => f.rank) });
+  }
+
+  /** The hang watchdog: the oldest collective on the ranks, unfinished past the threshold, breaks the world. */
+  private checkHangs(): void {
+    if (this.state !== 'ready') return;
+    const now = performance.now();
+    for (const c of this.running) {
+      if (c.hung) continue;
+      if (now - c.startedAt < this.opts.hangTimeoutMs) return;
+      const stuck = c.rankErrors.flatMap((e, rank) => (e === undefined ? [rank] : []));
+      for (let rank = 0; rank < this.size; rank++) if (c.rankErrors[rank] === undefined && !stuck.includes(rank)) stuck.push(rank);
+      c.hung = stuck;
+      this.breakWorld(
+        `hang watchdog: collective seq ${c.seq} (${c.kind} ${c.dtype} ${c.op}, ${c.count} elements) not finished on rank${stuck.length > 1 ? 's' : ''} ${stuck.join(', ')} after ${this.opts.hangTimeoutMs} ms`,
+        stuck,
+      );
+      return;
+    }
   }
 
   /**
@@ -176,7 +205,7 @@ export class World extends EventEmitter {
   breakWorld(reason: string, kill: number[]): void {
     if (this.state === 'stopping' || this.state === 'stopped') return;
     for (const rank of kill) void this.ranks[rank].kill();
-    if (this.state === 'rebuilding' || this.state === 'failed') return;
+    if (this.state === 'rebuilding' || this.state === 'failed' || this.state === 'starting') return;
     this.state = 'rebuilding';
     this.lastBreak = reason;
     this.emit('state', this.state);
@@ -193,6 +222,7 @@ export class World extends EventEmitter {
       this.state = 'rebuilding';
       this.failure = null;
       this.lastBreak = reason;
+      this.emit('state', this.state);
       this.log.warn({ reason }, 'rebuilding a failed world');
       this.healing = this.heal().finally(() => (this.healing = null));
     } else if (this.state === 'ready') {
@@ -202,7 +232,9 @@ export class World extends EventEmitter {
   }
 
   private async heal(): Promise<void> {
-    for (;;) {
+    for (let attempt = 0; ; attempt++) {
+      if (attempt > 0) await this.sleep(Math.min(MAX_BACKOFF_MS, 100 * 2 ** (attempt - 1)));
+      if (this.state !== 'rebuilding') return;
       const now = Date.now();
       this.restarts = this.restarts.filter((t) => now - t < this.opts.restartWindowMs);
       if (this.restarts.length >= this.opts.restartLimit) {
@@ -215,33 +247,127 @@ export class World extends EventEmitter {
       try {
         await this.bringUp();
       } catch (err) {
-        this.lastBreak = `rebuild failed: ${(err as Error).message}`;
-        this.log.error({ err }, 'world rebuild failed');
-        for (const r of this.ranks) if (r.state === 'ready') r.send({ t: 'abort' });
         if (this.state !== 'rebuilding') return;
+        this.lastBreak = `rebuild failed: ${(err as Error).message}`;
+        this.log.error({ err: (err as Error).message, attempt: attempt + 1 }, 'world rebuild attempt failed');
+        for (const r of this.ranks) if (r.state === 'ready') r.send({ t: 'abort' });
         continue;
       }
       if (this.state !== 'rebuilding') return;
       this.becomeReady();
-      this.log.info({ generation: this.generation, ms: Date.now() - t0 }, 'world rebuilt');
+      this.log.info({ generation: this.generation, ms: Date.now() - t0, attempts: attempt + 1 }, 'world rebuilt');
       this.emit('rebuilt', this.generation);
       return;
     }
   }
 
-  /** Starts every rank that is not running, then (nccl) builds a communicator of a new generation. */
+  /** Waits between rebuild attempts; stop() cuts it short. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.backoff = null;
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.backoff = { timer, wake };
+    });
+  }
+
+  /**
+   * Restarts every rank that is not alive and healthy, maps every registered buffer into the new
+   * ones, builds the communicator (nccl), then checks every rank again: a rank that died meanwhile
+   * fails the attempt instead of leaving a world `ready` with a dead rank.
+   */
   private async bringUp(): Promise<void> {
     this.generation++;
+    const started: RankProcess[] = [];
     await Promise.all(
       this.ranks.map(async (r) => {
-        if (r.state === 'ready') return;
-        await r.exited();
-        if (this.state === 'stopping' || this.state === 'stopped') throw new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is stopping');
+        if (r.state === 'ready' && (await r.ping(PING_TIMEOUT_MS).catch(() => false))) return;
+        await r.kill();
+        if (this.stoppingNow()) throw new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is stopping');
         await r.start();
         r.generation = this.generation;
+        started.push(r);
       }),
     );
+    await this.reinstall(started);
     if (this.backend === 'nccl') await this.buildComm();
+    const alive = await Promise.all(this.ranks.map((r) => r.ping(PING_TIMEOUT_MS).catch(() => false)));
+    const dead = alive.flatMap((ok, rank) => (ok ? [] : [rank]));
+    if (dead.length > 0) throw new NccldError(ErrorCodes.DEVICE_LOST, `rank${dead.length > 1 ? 's' : ''} ${dead.join(', ')} died during the rebuild`);
+  }
+
+  private stoppingNow(): boolean {
+    return this.state === 'stopping' || this.state === 'stopped';
+  }
+
+  /** Maps every registered buffer into ranks that were (re)started; one that cannot be is marked lost. */
+  private async reinstall(ranks: RankProcess[]): Promise<void> {
+    if (ranks.length === 0 || this.registry.size === 0) return;
+    const regs = [...this.registry.values()];
+    await Promise.all(
+      ranks.map(async (r) => {
+        for (const reg of regs) {
+          if (reg.kind === 'ipc' && reg.rank !== r.rank) continue;
+          try {
+            await this.installOn(r, reg);
+          } catch (err) {
+            const e = toNccldError(err);
+            if (e.code === ErrorCodes.DEVICE_LOST) throw e; // the rank died: this attempt fails
+            reg.lost = new NccldError(ErrorCodes.NO_SUCH_BUFFER, `buffer ${reg.id} could not be mapped again after a rebuild: ${e.message}`);
+          }
+        }
+      }),
+    );
+  }
+
+  private async installOn(r: RankProcess, reg: Registration): Promise<number> {
+    if (reg.kind === 'memfd') {
+      await r.mapFd(reg.id, reg.fd);
+      return reg.bytes;
+    }
+    const info = await r.call<{ size: number; device: number }>({ t: 'open', id: reg.id, ipc: reg.ipc! });
+    return info.size;
+  }
+
+  /**
+   * Maps a new registration into the ranks that need it (every rank on the host backend, its
+   * device's rank on nccl); resolves with its usable size. It is in the registry from the start,
+   * so a rebuild meanwhile maps it into new ranks too.
+   */
+  async register(reg: Registration, deadline: number): Promise<number> {
+    try {
+      await this.whenReady(deadline);
+    } catch (err) {
+      reg.dispose();
+      throw err;
+    }
+    this.registry.add(reg);
+    const ranks = reg.kind === 'ipc' ? [this.ranks[reg.rank]] : this.ranks;
+    for (let tries = 0; ; tries++) {
+      try {
+        const sizes = await Promise.all(ranks.map((r) => this.installOn(r, reg)));
+        return Math.min(...sizes);
+      } catch (err) {
+        const e = toNccldError(err);
+        // A rank lost meanwhile: the rebuild maps every registered buffer; wait for it and check again.
+        if ((e.code === ErrorCodes.DEVICE_LOST || e.code === ErrorCodes.NOT_READY) && tries < 2 && this.state !== 'failed') {
+          await this.whenReady(deadline);
+          continue;
+        }
+        this.unregister(reg);
+        throw e;
+      }
+    }
+  }
+
+  /** Drops a registration from every rank (after whatever they run now) and closes its descriptor. */
+  unregister(reg: Registration): void {
+    this.registry.delete(reg);
+    for (const r of this.ranks) if (reg.kind === 'memfd' || r.rank === reg.rank) r.send({ t: 'unmap', ids: [reg.id] });
+    reg.dispose();
   }
 
   private becomeReady(): void {
@@ -250,7 +376,10 @@ export class World extends EventEmitter {
     this.emit('state', this.state);
     const waiters = this.readyWaiters;
     this.readyWaiters = [];
-    for (const w of waiters) w.resolve();
+    for (const w of waiters) {
+      clearTimeout(w.timer);
+      w.resolve();
+    }
   }
 
   /** Rank 0 makes a unique id; every rank joins the communicator built from it. */
@@ -273,29 +402,27 @@ export class World extends EventEmitter {
     this.log.info({ generation, ms: Date.now() - t0 }, 'NCCL communicator ready on every rank');
   }
 
-  /** Opens a client's GPU buffer on its rank (once; ranks cache it) and says how big it is. */
-  openBuffer(client: number, rank: number, buffer: BufferRef): Promise<{ size: number; device: number }> {
-    return this.ranks[rank].call({ t: 'open', client, buffer });
-  }
-
   /** Each rank's counters (buffers mapped; IPC opens and closes on the nccl backend). */
   rankStats(): Promise<Record<string, number>[]> {
     return Promise.all(this.ranks.map((r) => r.call<Record<string, number>>({ t: 'stats' })));
   }
 
-  /** Drops a client's buffer mappings on every rank, after whatever that rank is running now. */
-  forgetClient(client: number, buffers?: BufferRef[]): void {
-    for (const r of this.ranks) r.send({ t: 'forget', client, ...(buffers ? { buffers } : {}) });
-  }
-
+  /** Stops every rank (killing those that do not stop in time) from any state; a rebuild under way ends too. */
   async stop(): Promise<void> {
     if (this.state === 'stopped') return;
     this.state = 'stopping';
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.backoff?.wake();
     const stopping = new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is stopping');
-    for (const w of this.readyWaiters.splice(0)) w.reject(stopping);
+    for (const w of this.readyWaiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(stopping);
+    }
+    for (const r of this.ranks) r.retire();
     // Ranks first: a rebuild waiting on one (a start that hangs) ends when its process does.
     await Promise.all(this.ranks.map((r) => r.stop(this.opts.stopGraceMs ?? 10_000)));
     await this.healing?.catch(() => {});
+    for (const reg of [...this.registry.values()]) reg.dispose();
     this.state = 'stopped';
     this.log.info('world stopped');
   }
@@ -305,7 +432,7 @@ export class World extends EventEmitter {
     this.breakWorld(`device process of rank ${rank.rank} (pid ${rank.pid}) died`, []);
   }
 
-  private failedError(): NccldError {
+  failedError(): NccldError {
     return new NccldError(ErrorCodes.WORLD_FAILED, `the world has failed: ${this.failure}; fix the cause, then send 'rebuild' to the debug socket`);
   }
 
@@ -316,6 +443,9 @@ export class World extends EventEmitter {
     this.log.error({ reason }, 'world failed');
     this.emit('state', this.state);
     const err = this.failedError();
-    for (const w of this.readyWaiters.splice(0)) w.reject(err);
+    for (const w of this.readyWaiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
   }
 }

@@ -5,8 +5,11 @@ import { Packr, Unpackr } from 'msgpackr';
 import { ErrorCodes, NccldError } from './errors.js';
 
 export const FRAME_HEADER_BYTES = 4;
-/** Default largest frame either side accepts. Requests are small; 1 MiB leaves room for many buffers. */
-export const DEFAULT_MAX_FRAME_BYTES = 1 << 20;
+/**
+ * Default largest frame the daemon accepts. Requests name registered buffers by number, so they
+ * are small; a partial frame parked per connection stays cheap.
+ */
+export const DEFAULT_MAX_FRAME_BYTES = 64 << 10;
 
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });

@@ -1,35 +1,23 @@
-// The messages of protocol version 1 and their shape checks. docs/protocol.md is the contract;
+// The messages of protocol version 2 and their shape checks. docs/protocol.md is the contract;
 // this file is its executable form. Checks here need no daemon state: the world-dependent ones
-// (how many ranks, which devices, do the buffers exist) are the daemon's.
+// (how many ranks, which devices, is the buffer registered) are the daemon's.
 import { type DType, type ReduceOp, isDType, isReduceOp, DTYPE_NAMES, REDUCE_OP_NAMES } from './dtypes.js';
 import { ErrorCodes, NccldError } from './errors.js';
 import type { Message } from './framing.js';
 
-export const PROTOCOL_VERSION = 1;
+/**
+ * Version 2: buffers are registered once (a sealed memfd passed with SCM_RIGHTS, or a CUDA IPC
+ * handle) and named by the small integer the daemon gave them. Version 1 named shared-memory
+ * segments by path, which let a client shrink or replace memory under a running collective.
+ */
+export const PROTOCOL_VERSION = 2;
 /** Oldest protocol version this build still speaks. */
-export const MIN_PROTOCOL_VERSION = 1;
+export const MIN_PROTOCOL_VERSION = 2;
 export const IPC_HANDLE_BYTES = 64;
-export const MAX_SHM_NAME_LENGTH = 200;
-
-/** A POSIX shared-memory segment, by the name given to shm_open without its leading '/'. */
-export interface ShmBufferRef {
-  shm: string;
-  /** Bytes from the segment's start; a multiple of the element size. Default 0. */
-  offset?: number;
-  /** The rank this buffer is meant for; when given it must equal the buffer's position. */
-  rank?: number;
-}
-
-/** GPU memory, by the CUDA IPC handle of its allocation (cuIpcGetMemHandle / cudaIpcGetMemHandle). */
-export interface IpcBufferRef {
-  ipc: Uint8Array;
-  /** CUDA ordinal of the device the allocation was made on, as the client numbers it. */
-  device: number;
-  offset?: number;
-  rank?: number;
-}
-
-export type BufferRef = ShmBufferRef | IpcBufferRef;
+/** Request ids are unsigned 32-bit integers. */
+export const MAX_REQUEST_ID = 0xffff_ffff;
+/** Most buffers one release request may name: keeps every request's cost small. */
+export const MAX_RELEASE_BUFFERS = 1024;
 
 export interface HelloMessage {
   type: 'hello';
@@ -38,27 +26,46 @@ export interface HelloMessage {
   client?: string;
 }
 
+/** A registered buffer and a byte offset into it. */
+export interface BufferSlot {
+  buffer: number;
+  /** Bytes from the buffer's start; a multiple of the element size. Default 0. */
+  offset?: number;
+}
+
+/**
+ * Registers memory. Host backend: exactly one file descriptor, a memfd sealed against shrinking
+ * and growing, travels with this frame (SCM_RIGHTS). nccl backend: a CUDA IPC handle.
+ */
+export interface RegisterRequest {
+  type: 'register';
+  id: number;
+  /** GPU memory: the allocation's CUDA IPC handle (cuIpcGetMemHandle), and its device as the client numbers it. */
+  ipc?: Uint8Array;
+  device?: number;
+}
+
 export interface AllReduceRequest {
   type: 'allreduce';
   id: number;
   dtype: DType;
   op: ReduceOp;
   count: number;
-  /** One buffer per rank, in rank order; reduced in place. */
-  buffers: BufferRef[];
-  /** Deadline for this collective in milliseconds, within the daemon's limits. */
+  /** One slot per rank, in rank order; reduced in place. */
+  buffers: BufferSlot[];
+  /** Deadline of the reply in milliseconds, within the daemon's limits. */
   timeoutMs?: number;
 }
 
-/** Tells the daemon the client is about to free these buffers: drop any mapping of them. */
+/** Drops registrations; the memory is let go once no collective uses it any more. */
 export interface ReleaseRequest {
   type: 'release';
   id: number;
-  buffers: BufferRef[];
+  buffers: number[];
 }
 
-export type Request = AllReduceRequest | ReleaseRequest;
-export const REQUEST_TYPES: readonly Request['type'][] = ['allreduce', 'release'];
+export type Request = RegisterRequest | AllReduceRequest | ReleaseRequest;
+export const REQUEST_TYPES: readonly Request['type'][] = ['register', 'allreduce', 'release'];
 
 export interface HelloReply {
   type: 'hello';
@@ -67,22 +74,33 @@ export interface HelloReply {
   version: string;
   backend: 'host' | 'nccl';
   worldSize: number;
-  /** Device ordinal of each rank (null on the host backend). */
+  /** Device ordinal of each rank as the daemon numbers them (null on the host backend). */
   devices: (number | null)[];
+  /** Each rank's GPU UUID ("GPU-..."), to match the client's own numbering (null on the host backend). */
+  deviceUuids: (string | null)[];
   maxFrameBytes: number;
+  /** Requests this client process may have unfinished at once, over all its connections. */
   maxInFlight: number;
+  /** Buffers this client process may have registered at once. */
+  maxBuffers: number;
+  /** Deadline of a collective that names none, and the longest one may name. */
+  timeoutMs: number;
+  maxTimeoutMs: number;
 }
 
 export interface ResultReply {
   type: 'result';
   id: number;
-  /** The global sequence number the collective ran under. */
-  seq: number;
+  /** allreduce: the global sequence number the collective ran under. */
+  seq?: number;
+  /** register: the buffer's number, and its usable size in bytes. */
+  buffer?: number;
+  bytes?: number;
 }
 
 export interface ErrorReply {
   type: 'error';
-  /** The request's id, or null when the error is about the connection or an unreadable frame. */
+  /** The request's id, or null when the error is about the connection or a request without a usable id. */
   id: number | null;
   code: string;
   message: string;
@@ -91,22 +109,8 @@ export interface ErrorReply {
 
 export type Reply = HelloReply | ResultReply | ErrorReply;
 
-export function isShmRef(ref: BufferRef): ref is ShmBufferRef {
-  return 'shm' in ref;
-}
-
-/** A CUDA IPC handle as a map key: its 64 bytes in hex. */
-export function ipcHandleKey(ipc: Uint8Array): string {
-  return Buffer.from(ipc.buffer, ipc.byteOffset, ipc.byteLength).toString('hex');
-}
-
-/** The id of a message if it has a usable one, so even a malformed request gets a matched error. */
-export function requestId(msg: Message): number | null {
-  return isId(msg.id) ? msg.id : null;
-}
-
-function isId(x: unknown): x is number {
-  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+export function isId(x: unknown): x is number {
+  return typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= MAX_REQUEST_ID;
 }
 
 function isCount(x: unknown): x is number {
@@ -119,86 +123,90 @@ function bad(message: string): NccldError {
 
 export function parseHello(msg: Message): HelloMessage {
   if (msg.type !== 'hello') {
-    throw new NccldError(ErrorCodes.HELLO_REQUIRED, `the first message must be a hello, not ${describeType(msg.type)}`);
+    throw new NccldError(ErrorCodes.HELLO_REQUIRED, `the first message must be a hello, not ${describe(msg.type)}`);
   }
-  if (!isId(msg.protocol)) throw bad('hello.protocol must be a non-negative integer');
+  if (!isCount(msg.protocol)) throw bad('hello.protocol must be a non-negative integer');
   if (msg.client !== undefined && typeof msg.client !== 'string') throw bad('hello.client must be a string');
   return { type: 'hello', protocol: msg.protocol, client: msg.client?.slice(0, 200) };
 }
 
-export function parseRequest(msg: Message): Request {
-  if (!isId(msg.id)) throw bad('a request needs an id: a non-negative integer');
+/**
+ * Checks a request's shape. A request without a usable id is refused with `invalidId` (what was
+ * sent, if it is a plain value), since its reply cannot carry an id the client could match.
+ */
+export function parseRequest(msg: Message, worldSize: number): Request {
+  if (!isId(msg.id)) {
+    const shown = typeof msg.id === 'number' || typeof msg.id === 'string' ? msg.id : null;
+    throw new NccldError(ErrorCodes.BAD_REQUEST, `a request needs an id: an integer from 0 to ${MAX_REQUEST_ID}`, { invalidId: shown });
+  }
   switch (msg.type) {
     case 'allreduce':
-      return parseAllReduce(msg);
+      return parseAllReduce(msg, worldSize);
+    case 'register':
+      return parseRegister(msg);
     case 'release':
-      return { type: 'release', id: msg.id, buffers: parseBuffers(msg.buffers) };
+      return { type: 'release', id: msg.id, buffers: parseHandles(msg.buffers) };
     default:
       throw new NccldError(
         ErrorCodes.UNKNOWN_TYPE,
-        `unknown message type ${describeType(msg.type)}; this daemon knows ${REQUEST_TYPES.join(', ')}`,
+        `unknown message type ${describe(msg.type)}; this daemon knows ${REQUEST_TYPES.join(', ')}`,
       );
   }
 }
 
-function parseAllReduce(msg: Message): AllReduceRequest {
+function parseRegister(msg: Message): RegisterRequest {
+  if (msg.ipc === undefined) return { type: 'register', id: msg.id as number };
+  if (!(msg.ipc instanceof Uint8Array) || msg.ipc.length !== IPC_HANDLE_BYTES) {
+    throw bad(`register.ipc must be a binary of ${IPC_HANDLE_BYTES} bytes (a CUDA IPC memory handle)`);
+  }
+  if (!isCount(msg.device)) throw bad('register.device must be the CUDA ordinal the memory was allocated on');
+  return { type: 'register', id: msg.id as number, ipc: msg.ipc, device: msg.device };
+}
+
+function parseAllReduce(msg: Message, worldSize: number): AllReduceRequest {
   if (!isDType(msg.dtype)) {
-    throw new NccldError(ErrorCodes.BAD_DTYPE, `dtype ${describeType(msg.dtype)} is not one of ${DTYPE_NAMES.join(', ')}`);
+    throw new NccldError(ErrorCodes.BAD_DTYPE, `dtype ${describe(msg.dtype)} is not one of ${DTYPE_NAMES.join(', ')}`);
   }
   if (!isReduceOp(msg.op)) {
-    throw new NccldError(ErrorCodes.BAD_OP, `op ${describeType(msg.op)} is not one of ${REDUCE_OP_NAMES.join(', ')}`);
+    throw new NccldError(ErrorCodes.BAD_OP, `op ${describe(msg.op)} is not one of ${REDUCE_OP_NAMES.join(', ')}`);
   }
   if (!isCount(msg.count)) {
-    throw new NccldError(ErrorCodes.BAD_COUNT, `count must be a non-negative integer, not ${describeType(msg.count)}`);
+    throw new NccldError(ErrorCodes.BAD_COUNT, `count must be a non-negative integer, not ${describe(msg.count)}`);
   }
-  if (msg.timeoutMs !== undefined && !(isId(msg.timeoutMs) && msg.timeoutMs > 0)) {
+  if (msg.timeoutMs !== undefined && !(isCount(msg.timeoutMs) && msg.timeoutMs > 0)) {
     throw bad('timeoutMs must be a positive integer');
   }
-  return {
-    type: 'allreduce',
-    id: msg.id as number,
-    dtype: msg.dtype,
-    op: msg.op,
-    count: msg.count,
-    buffers: parseBuffers(msg.buffers),
-    ...(msg.timeoutMs !== undefined ? { timeoutMs: msg.timeoutMs as number } : {}),
-  };
-}
-
-const SHM_NAME = /^[A-Za-z0-9._-]+$/;
-
-function parseBuffers(x: unknown): BufferRef[] {
-  if (!Array.isArray(x) || x.length === 0) throw bad('buffers must be a non-empty array');
-  return x.map((b, i) => parseBuffer(b, i));
-}
-
-function parseBuffer(b: unknown, i: number): BufferRef {
-  if (typeof b !== 'object' || b === null || Array.isArray(b)) throw bad(`buffers[${i}] must be a map`);
-  const ref = b as Record<string, unknown>;
-  if (ref.offset !== undefined && !isCount(ref.offset)) throw bad(`buffers[${i}].offset must be a non-negative integer`);
-  if (ref.rank !== undefined && !isId(ref.rank)) throw bad(`buffers[${i}].rank must be a non-negative integer`);
-  const common = {
-    ...(ref.offset !== undefined ? { offset: ref.offset as number } : {}),
-    ...(ref.rank !== undefined ? { rank: ref.rank as number } : {}),
-  };
-  if (typeof ref.shm === 'string') {
-    const name = ref.shm.startsWith('/') ? ref.shm.slice(1) : ref.shm;
-    if (name.length === 0 || name.length > MAX_SHM_NAME_LENGTH || !SHM_NAME.test(name) || name === '.' || name === '..') {
-      throw bad(`buffers[${i}].shm must be a shared-memory name of 1 to ${MAX_SHM_NAME_LENGTH} letters, digits, '.', '_' or '-'`);
-    }
-    return { shm: name, ...common };
+  const list = msg.buffers;
+  if (!Array.isArray(list)) throw bad('buffers must be an array: one registered buffer per rank');
+  if (list.length !== worldSize) {
+    throw new NccldError(ErrorCodes.BUFFER_COUNT, `allreduce needs one buffer per rank: ${worldSize}, in rank order; got ${list.length}`);
   }
-  if (ref.ipc !== undefined) {
-    if (!(ref.ipc instanceof Uint8Array) || ref.ipc.length !== IPC_HANDLE_BYTES) {
-      throw bad(`buffers[${i}].ipc must be a binary of ${IPC_HANDLE_BYTES} bytes (a CUDA IPC memory handle)`);
-    }
-    if (!isId(ref.device)) throw bad(`buffers[${i}].device must be the CUDA ordinal the memory was allocated on`);
-    return { ipc: ref.ipc, device: ref.device, ...common };
-  }
-  throw bad(`buffers[${i}] must name a shared-memory segment (shm) or a CUDA IPC handle (ipc)`);
+  const buffers = list.map(parseSlot);
+  const req: AllReduceRequest = { type: 'allreduce', id: msg.id as number, dtype: msg.dtype, op: msg.op, count: msg.count, buffers };
+  if (msg.timeoutMs !== undefined) req.timeoutMs = msg.timeoutMs as number;
+  return req;
 }
 
-function describeType(x: unknown): string {
+/** A slot is a buffer number, or a map {buffer, offset}. */
+function parseSlot(b: unknown, i: number): BufferSlot {
+  if (isId(b)) return { buffer: b };
+  if (typeof b !== 'object' || b === null || Array.isArray(b)) throw bad(`buffers[${i}] must be a registered buffer's number or a map {buffer, offset}`);
+  const slot = b as Record<string, unknown>;
+  if (!isId(slot.buffer)) throw bad(`buffers[${i}].buffer must be a registered buffer's number`);
+  if (slot.offset !== undefined && !isCount(slot.offset)) throw bad(`buffers[${i}].offset must be a non-negative integer`);
+  return slot.offset ? { buffer: slot.buffer, offset: slot.offset as number } : { buffer: slot.buffer };
+}
+
+function parseHandles(x: unknown): number[] {
+  if (!Array.isArray(x) || x.length === 0) throw bad('buffers must be a non-empty array of registered buffer numbers');
+  if (x.length > MAX_RELEASE_BUFFERS) throw bad(`release names at most ${MAX_RELEASE_BUFFERS} buffers at once, not ${x.length}`);
+  for (let i = 0; i < x.length; i++) {
+    if (!isId(x[i])) throw bad(`buffers[${i}] must be a registered buffer's number`);
+  }
+  return x as number[];
+}
+
+function describe(x: unknown): string {
   if (typeof x === 'string') return JSON.stringify(x.slice(0, 64));
   return x === null ? 'null' : typeof x;
 }

@@ -1,14 +1,15 @@
-// A rank of the host backend: buffers are POSIX shared-memory segments, and this rank reduces its
-// own slice of every collective across all ranks' buffers (native code, off the event loop).
+// A rank of the host backend: buffers are sealed memfds the daemon hands over once (mapped here
+// under their registration number; the descriptor is closed right after, the mapping stays), and
+// this rank reduces its own slice of every collective across all ranks' buffers (native code, off
+// the event loop). A sealed memfd cannot shrink, so no client can make this process fault.
 import { native, type ShmSegment } from '../../shared/native.js';
 import { DTYPES, REDUCE_OPS } from '../../shared/dtypes.js';
-import { isShmRef, type BufferRef, type ShmBufferRef } from '../../shared/protocol.js';
 import { ErrorCodes, NccldError } from '../../shared/errors.js';
-import type { RunMessage } from './messages.js';
+import { FD_CHANNEL, type RunMessage } from './messages.js';
+import { wireResourceError } from './wire.js';
 
 export class HostRank {
-  /** Open mappings, per client, by segment name: a buffer is opened once and reused. */
-  private readonly mappings = new Map<number, Map<string, ShmSegment>>();
+  private readonly segments = new Map<number, ShmSegment>();
 
   constructor(
     readonly rank: number,
@@ -16,21 +17,39 @@ export class HostRank {
   ) {}
 
   get mappedCount(): number {
-    let n = 0;
-    for (const m of this.mappings.values()) n += m.size;
-    return n;
+    return this.segments.size;
+  }
+
+  /** Maps the memfd that the daemon sent on the fd channel, tagged `id`. */
+  map(id: number): void {
+    const got = native.recvFds(FD_CHANNEL, 16);
+    if (!got) throw new NccldError(ErrorCodes.INTERNAL, `rank ${this.rank}: no descriptor waiting for buffer ${id}`);
+    const tag = got.data.length === 4 ? got.data.readUInt32LE(0) : -1;
+    try {
+      if (tag !== id || got.fds.length !== 1) {
+        throw new NccldError(ErrorCodes.INTERNAL, `rank ${this.rank}: descriptor channel out of step (wanted buffer ${id}, got ${tag} with ${got.fds.length} fds)`);
+      }
+      if (this.segments.has(id)) return; // mapped already (a retried registration)
+      try {
+        this.segments.set(id, native.ShmSegment.fromFd(got.fds[0], `buffer ${id}`));
+      } catch (err) {
+        throw wireResourceError(err, `rank ${this.rank}: cannot map buffer ${id}`);
+      }
+    } finally {
+      for (const fd of got.fds) native.closeFd(fd);
+    }
   }
 
   async run(job: RunMessage): Promise<void> {
-    const refs = job.buffers.map((b, i) => {
-      if (!isShmRef(b)) throw new NccldError(ErrorCodes.WRONG_BACKEND, `buffers[${i}] is not a shared-memory buffer`);
-      return b;
+    const segments = job.buffers.map((b) => {
+      const seg = this.segments.get(b.id);
+      if (!seg) throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `rank ${this.rank}: buffer ${b.id} is not mapped here`);
+      return seg;
     });
-    const segments = refs.map((ref) => this.segment(job.client, ref));
     const info = DTYPES[job.dtype];
     await native.reduceSlice(
       segments,
-      refs.map((r) => r.offset ?? 0),
+      job.buffers.map((b) => b.offset),
       job.count,
       info.nccl,
       REDUCE_OPS[job.op],
@@ -39,42 +58,15 @@ export class HostRank {
     );
   }
 
-  /** Drops the client's mappings: all of them, or those of the buffers named. */
-  forget(client: number, buffers?: BufferRef[]): void {
-    const mine = this.mappings.get(client);
-    if (!mine) return;
-    const names = buffers ? buffers.filter(isShmRef).map((b) => b.shm) : [...mine.keys()];
-    for (const name of names) {
-      mine.get(name)?.close();
-      mine.delete(name);
+  /** Drops these mappings (the daemon sends this after every collective that used them). */
+  unmap(ids: number[]): void {
+    for (const id of ids) {
+      this.segments.get(id)?.close();
+      this.segments.delete(id);
     }
-    if (mine.size === 0) this.mappings.delete(client);
   }
 
   close(): void {
-    for (const client of [...this.mappings.keys()]) this.forget(client);
-  }
-
-  private segment(client: number, ref: ShmBufferRef): ShmSegment {
-    let mine = this.mappings.get(client);
-    if (!mine) this.mappings.set(client, (mine = new Map()));
-    let seg = mine.get(ref.shm);
-    // A client may have unlinked and recreated a name; a mapping whose file shrank is stale.
-    if (seg && seg.currentSize() !== seg.size) {
-      seg.close();
-      seg = undefined;
-    }
-    if (!seg) {
-      try {
-        seg = native.ShmSegment.open(ref.shm);
-      } catch (err) {
-        const code = (err as { code?: string }).code;
-        if (code === 'ENOENT') throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `shared-memory segment "${ref.shm}" does not exist`);
-        if (code === 'EACCES') throw new NccldError(ErrorCodes.PERMISSION, `no access to shared-memory segment "${ref.shm}"`);
-        throw err;
-      }
-      mine.set(ref.shm, seg);
-    }
-    return seg;
+    this.unmap([...this.segments.keys()]);
   }
 }

@@ -30,7 +30,7 @@ let log: Logger | undefined;
 let host: HostRank | undefined;
 let nccl: NcclRank | undefined;
 // Host ranks run one collective at a time through this chain (each reads every rank's buffers),
-// and a client's mappings are dropped only after its earlier collectives finished. NCCL ranks
+// and a buffer's mapping is dropped only after the collectives sent before its unmap finished. NCCL ranks
 // hand work to the comm's own ordered queue instead, so they need no chain.
 let chain: Promise<void> = Promise.resolve();
 
@@ -54,8 +54,9 @@ function init(msg: InitMessage): void {
     return;
   }
   const deviceName = nccl ? nccl.device.name : null;
-  log.info({ backend: msg.backend, nranks: msg.nranks, deviceName }, 'device process ready');
-  send({ t: 'ready', pid: process.pid, deviceName });
+  const deviceUuid = nccl ? (nccl.device.uuid ?? null) : null;
+  log.info({ backend: msg.backend, nranks: msg.nranks, deviceName, deviceUuid }, 'device process ready');
+  send({ t: 'ready', pid: process.pid, deviceName, deviceUuid });
 }
 
 function done(seq: number, work: Promise<void>): Promise<void> {
@@ -75,6 +76,14 @@ function injectFault(msg: RunMessage): void {
     void done(msg.seq, Promise.reject(new NccldError(code, 'injected failure (fault injection)')));
   }
   // 'hang': never run it, never answer; the daemon's deadline finds this rank.
+}
+
+function reply(call: number, work: () => unknown): void {
+  try {
+    send({ t: 'reply', call, value: work() ?? null });
+  } catch (err) {
+    send({ t: 'reply', call, error: wire(err) });
+  }
 }
 
 process.on('message', (raw) => {
@@ -115,19 +124,22 @@ process.on('message', (raw) => {
       log?.warn({ fault: msg.fault }, 'fault injected for the next collective');
       nextFault = msg.fault;
       break;
+    case 'map':
+      reply(msg.call, () => host!.map(msg.id));
+      break;
     case 'open':
-      try {
-        send({ t: 'reply', call: msg.call, value: nccl!.open(msg.client, msg.buffer) });
-      } catch (err) {
-        send({ t: 'reply', call: msg.call, error: wire(err) });
-      }
+      reply(msg.call, () => nccl!.open(msg.id, msg.ipc));
+      break;
+    case 'ping':
+      reply(msg.call, () => true);
       break;
     case 'stats':
-      send({ t: 'reply', call: msg.call, value: nccl ? nccl.stats() : { mapped: host?.mappedCount ?? 0 } });
+      reply(msg.call, () => (nccl ? nccl.stats() : { mapped: host?.mappedCount ?? 0 }));
       break;
-    case 'forget':
-      if (nccl) nccl.forget(msg.client, msg.buffers);
-      else serially(() => host?.forget(msg.client, msg.buffers));
+    case 'unmap':
+      // After every collective already sent: a host rank's chain, an NCCL mapping's user count.
+      if (nccl) nccl.unmap(msg.ids);
+      else serially(() => host?.unmap(msg.ids));
       break;
     case 'stop':
       serially(() => {

@@ -1,9 +1,17 @@
 // Messages between the daemon and its device processes, over the fork IPC channel
 // (advanced serialization, so Buffers and bigints pass as they are). Daemon-internal: clients never see these.
-import type { BufferRef } from '../../shared/protocol.js';
 import type { DType, ReduceOp } from '../../shared/dtypes.js';
 
 export type Backend = 'host' | 'nccl';
+
+/** The device process's end of the seqpacket pair over which memfds arrive (SCM_RIGHTS). */
+export const FD_CHANNEL = 4;
+
+/** A registered buffer and a byte offset into it, as a rank sees it. */
+export interface RunBuffer {
+  id: number;
+  offset: number;
+}
 
 /** Daemon → device: sent once, right after the fork. */
 export interface InitMessage {
@@ -46,30 +54,34 @@ export interface UniqueIdRequest {
 export interface RunMessage {
   t: 'run';
   seq: number;
-  client: number;
   kind: 'allreduce';
   dtype: DType;
   op: ReduceOp;
   count: number;
   /** Host backend: every rank's buffer, since each rank reduces its slice across all of them.
    *  NCCL backend: this rank's buffer only. */
-  buffers: BufferRef[];
+  buffers: RunBuffer[];
 }
 
-/** Daemon → device: this client is gone (or released these buffers); drop its mappings. */
-export interface ForgetMessage {
-  t: 'forget';
-  client: number;
-  /** Only these buffers; all of the client's when absent. */
-  buffers?: BufferRef[];
+/** Daemon → device: drop these registered buffers, after every collective already sent that uses them. */
+export interface UnmapMessage {
+  t: 'unmap';
+  ids: number[];
 }
 
-/** Daemon → device (nccl): open a client's buffer now, so the request can be checked before it runs. */
+/** Daemon → device (host): map the memfd waiting on the fd channel, tagged `id`, under that id. */
+export interface MapMessage {
+  t: 'map';
+  call: number;
+  id: number;
+}
+
+/** Daemon → device (nccl): open a CUDA IPC handle under `id`; answers its usable size and device. */
 export interface OpenMessage {
   t: 'open';
   call: number;
-  client: number;
-  buffer: BufferRef;
+  id: number;
+  ipc: Uint8Array;
 }
 
 /** Daemon → device: counters for status and tests. */
@@ -77,6 +89,15 @@ export interface StatsRequest {
   t: 'stats';
   call: number;
 }
+
+/** Daemon → device: are you alive? (checked before a rebuilt world says it is ready). */
+export interface PingMessage {
+  t: 'ping';
+  call: number;
+}
+
+/** The messages answered with a reply, without their call number (RankProcess adds it). */
+export type CallMessage = Omit<MapMessage, 'call'> | Omit<OpenMessage, 'call'> | Omit<StatsRequest, 'call'> | Omit<PingMessage, 'call'>;
 
 export interface LogLevelMessage {
   t: 'logLevel';
@@ -92,9 +113,11 @@ export type ToDevice =
   | CommMessage
   | UniqueIdRequest
   | RunMessage
-  | ForgetMessage
+  | UnmapMessage
+  | MapMessage
   | OpenMessage
   | StatsRequest
+  | PingMessage
   | AbortMessage
   | InjectMessage
   | LogLevelMessage
@@ -104,6 +127,7 @@ export interface ReadyMessage {
   t: 'ready';
   pid: number;
   deviceName: string | null;
+  deviceUuid?: string | null;
   error?: WireError;
 }
 
@@ -119,7 +143,7 @@ export interface CommReadyMessage {
   error?: WireError;
 }
 
-/** Device → daemon: the answer to a call (open, stats). */
+/** Device → daemon: the answer to a call (map, open, ping, stats). */
 export interface CallReply {
   t: 'reply';
   call: number;

@@ -1,18 +1,20 @@
 // A rank of the NCCL backend: one GPU, one NCCL communicator, client buffers opened from CUDA IPC
-// handles once and reused. Collectives are handed to the comm's native worker in arrival order
-// (that order is the global one) and each reply waits for the GPU to finish.
+// handles once, at registration, and kept under their registration number. Collectives are handed
+// to the comm's native worker in arrival order (that order is the global one) and each reply waits
+// for the GPU to finish. A mapping is closed only once no collective uses it.
 import { native, type GpuComm, type GpuDevice, type IpcMapping } from '../../shared/native.js';
 import { DTYPES, REDUCE_OPS } from '../../shared/dtypes.js';
 import { ErrorCodes, NccldError } from '../../shared/errors.js';
-import { ipcHandleKey as handleKey, isShmRef, type BufferRef, type IpcBufferRef } from '../../shared/protocol.js';
 import type { RunMessage } from './messages.js';
 
 interface OpenBuffer {
   mapping: IpcMapping;
-  /** Collectives in flight on it: it is closed only when this is 0. */
+  /** The handle in hex: two registrations of one handle share the mapping (CUDA maps it once). */
+  key: string;
+  /** Registrations naming it. */
+  refs: number;
+  /** Collectives in flight on it: it is closed only when refs and users are both 0. */
   users: number;
-  /** Released while in use: close when the last user finishes. */
-  closing: boolean;
 }
 
 /** How often a communicator still being built is polled; NCCL does the work on its own threads. */
@@ -22,7 +24,8 @@ export class NcclRank {
   readonly device: GpuDevice;
   private comm: GpuComm | null = null;
   generation = -1;
-  private readonly buffers = new Map<number, Map<string, OpenBuffer>>();
+  private readonly byId = new Map<number, OpenBuffer>();
+  private readonly byHandle = new Map<string, OpenBuffer>();
 
   constructor(
     readonly rank: number,
@@ -60,9 +63,15 @@ export class NcclRank {
     comm?.abort();
   }
 
-  /** Opens (or finds) a client's buffer; what the daemon needs to check requests against it. */
-  open(client: number, ref: BufferRef): { size: number; device: number } {
-    const b = this.buffer(client, ref);
+  /** Opens a registered buffer's handle under `id`; what the daemon checks requests against. */
+  open(id: number, ipc: Uint8Array): { size: number; device: number } {
+    let b = this.byId.get(id);
+    if (!b) {
+      const key = Buffer.from(ipc.buffer, ipc.byteOffset, ipc.byteLength).toString('hex');
+      b = this.byHandle.get(key) ?? this.openHandle(key, ipc);
+      b.refs++;
+      this.byId.set(id, b);
+    }
     return { size: usableBytes(b.mapping), device: b.mapping.device };
   }
 
@@ -70,50 +79,39 @@ export class NcclRank {
   submit(job: RunMessage): Promise<void> {
     const comm = this.comm;
     if (!comm) return Promise.reject(new NccldError(ErrorCodes.NOT_READY, `rank ${this.rank} has no communicator`));
-    const ref = job.buffers[0];
-    let b: OpenBuffer;
-    try {
-      b = this.buffer(job.client, ref);
-    } catch (err) {
-      return Promise.reject(err);
-    }
+    const slot = job.buffers[0];
+    const b = this.byId.get(slot.id);
+    if (!b) return Promise.reject(new NccldError(ErrorCodes.NO_SUCH_BUFFER, `rank ${this.rank}: buffer ${slot.id} is not open here`));
     const info = DTYPES[job.dtype];
-    const offset = ref.offset ?? 0;
-    const end = offset + job.count * info.bytes;
+    const end = slot.offset + job.count * info.bytes;
     const size = usableBytes(b.mapping);
     if (end > size) {
       return Promise.reject(new NccldError(ErrorCodes.BUFFER_TOO_SMALL, `rank ${this.rank}: the collective needs ${end} bytes, the allocation holds ${size}`));
     }
     b.users++;
-    return comm.allReduce(b.mapping.ptr + BigInt(offset), job.count, info.nccl, REDUCE_OPS[job.op]).finally(() => {
+    return comm.allReduce(b.mapping.ptr + BigInt(slot.offset), job.count, info.nccl, REDUCE_OPS[job.op]).finally(() => {
       b.users--;
-      if (b.closing && b.users === 0) this.close(b);
+      this.closeIfUnused(b);
     });
   }
 
-  /** Drops a client's buffers (all, or those named) once no collective uses them. */
-  forget(client: number, refs?: BufferRef[]): void {
-    const mine = this.buffers.get(client);
-    if (!mine) return;
-    const keys = refs ? refs.filter((r): r is IpcBufferRef => !isShmRef(r)).map((r) => handleKey(r.ipc)) : [...mine.keys()];
-    for (const key of keys) {
-      const b = mine.get(key);
+  /** Drops registrations; a mapping is closed once nothing names or uses it. */
+  unmap(ids: number[]): void {
+    for (const id of ids) {
+      const b = this.byId.get(id);
       if (!b) continue;
-      mine.delete(key);
-      if (b.users === 0) this.close(b);
-      else b.closing = true;
+      this.byId.delete(id);
+      b.refs--;
+      this.closeIfUnused(b);
     }
-    if (mine.size === 0) this.buffers.delete(client);
   }
 
   stats(): { ipcOpens: number; ipcCloses: number; mapped: number } {
-    let mapped = 0;
-    for (const m of this.buffers.values()) mapped += m.size;
-    return { ...this.device.stats(), mapped };
+    return { ...this.device.stats(), mapped: this.byHandle.size };
   }
 
   shutdown(): void {
-    for (const client of [...this.buffers.keys()]) this.forget(client);
+    this.unmap([...this.byId.keys()]);
     const comm = this.comm;
     this.comm = null;
     try {
@@ -124,57 +122,31 @@ export class NcclRank {
     this.device.close();
   }
 
-  /**
-   * CUDA refuses a second mapping of memory this process has mapped already. That happens when a
-   * client freed a buffer without releasing it and the memory came back under a new handle: drop
-   * every idle mapping (they reopen on their next use) and try once more.
-   */
-  private openHandle(ipc: Uint8Array): IpcMapping {
-    try {
-      return this.device.openIpcHandle(ipc);
-    } catch (err) {
-      if ((err as { cudaError?: string }).cudaError !== 'CUDA_ERROR_ALREADY_MAPPED') throw err;
-      for (const [client, mine] of this.buffers) {
-        for (const [key, b] of mine) {
-          if (b.users > 0) continue;
-          mine.delete(key);
-          this.close(b);
-        }
-        if (mine.size === 0) this.buffers.delete(client);
-      }
-      return this.device.openIpcHandle(ipc);
-    }
-  }
-
-  private close(b: OpenBuffer): void {
-    this.device.closeIpcHandle(b.mapping.ptr);
-  }
-
-  private buffer(client: number, ref: BufferRef): OpenBuffer {
-    if (isShmRef(ref)) throw new NccldError(ErrorCodes.WRONG_BACKEND, 'a shared-memory buffer on the nccl backend');
-    const key = handleKey(ref.ipc);
-    let b = this.buffers.get(client)?.get(key);
-    if (b) return b;
+  private openHandle(key: string, ipc: Uint8Array): OpenBuffer {
     let mapping: IpcMapping;
     try {
-      mapping = this.openHandle(ref.ipc);
+      mapping = this.device.openIpcHandle(ipc);
     } catch (err) {
       const cuda = (err as { cudaError?: string }).cudaError;
       const why =
         cuda === 'CUDA_ERROR_ALREADY_MAPPED'
-          ? 'its memory is already mapped here through another handle that is still in use (allocations sharing a 2 MiB unit cannot be shared separately)'
+          ? 'its memory is already mapped here through another handle: release the old registration first (allocations sharing a 2 MiB unit cannot be shared separately)'
           : 'freed, or not from a live process?';
       throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `rank ${this.rank} cannot open the CUDA IPC handle (${why}): ${(err as Error).message}`);
     }
     if (mapping.device !== this.ordinal) {
       this.device.closeIpcHandle(mapping.ptr);
-      throw new NccldError(ErrorCodes.WRONG_DEVICE, `the buffer for rank ${this.rank} lives on device ${mapping.device}, not on device ${this.ordinal}`);
+      throw new NccldError(ErrorCodes.WRONG_DEVICE, `the buffer lives on device ${mapping.device}, not on rank ${this.rank}'s device ${this.ordinal}`);
     }
-    b = { mapping, users: 0, closing: false };
-    let mine = this.buffers.get(client);
-    if (!mine) this.buffers.set(client, (mine = new Map()));
-    mine.set(key, b);
+    const b: OpenBuffer = { mapping, key, refs: 0, users: 0 };
+    this.byHandle.set(key, b);
     return b;
+  }
+
+  private closeIfUnused(b: OpenBuffer): void {
+    if (b.refs > 0 || b.users > 0 || this.byHandle.get(b.key) !== b) return;
+    this.byHandle.delete(b.key);
+    this.device.closeIpcHandle(b.mapping.ptr);
   }
 }
 

@@ -44,6 +44,7 @@ export async function checkedAllReduce(
     const { seq } = await client.allReduce({ buffers, dtype, op, count, ...opts });
     return { ...check(buffers, inputs, dtype, op, count), seq };
   } finally {
+    await client.release(buffers).catch(() => {});
     for (const b of buffers) b.free();
   }
 }
