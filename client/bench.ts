@@ -22,8 +22,11 @@ export interface BenchOptions {
 export interface BenchRow {
   bytes: number;
   count: number;
-  /** Microseconds per AllReduce. */
+  /** Microseconds per AllReduce: wall time over the count (with many in flight, less than a latency). */
   us: number;
+  /** Latency of one AllReduce, from call to resolution, in microseconds: median and 99th percentile. */
+  p50us: number;
+  p99us: number;
   algBwGBps: number;
   busBwGBps: number;
 }
@@ -55,15 +58,21 @@ async function measure(o: BenchOptions, nranks: number, once: RunOnce, maxInFlig
   const elem = DTYPES[o.dtype].bytes;
   for (const bytes of sizes(o)) {
     const count = bytes / elem;
-    const round = async (n: number) => {
-      await pool(n, o.serial ? 1 : maxInFlight, () => once(count));
+    const latencies: number[] = [];
+    const timed = async () => {
+      const t = performance.now();
+      await once(count);
+      latencies.push(performance.now() - t);
     };
-    await round(o.warmup);
+    await pool(o.warmup, o.serial ? 1 : maxInFlight, timed);
+    latencies.length = 0;
     const t0 = performance.now();
-    await round(o.iters);
+    await pool(o.iters, o.serial ? 1 : maxInFlight, timed);
     const seconds = (performance.now() - t0) / 1000 / o.iters;
     const algBw = bytes / seconds / 1e9;
-    rows.push({ bytes, count, us: seconds * 1e6, algBwGBps: algBw, busBwGBps: nranks > 1 ? (algBw * 2 * (nranks - 1)) / nranks : algBw });
+    latencies.sort((a, b) => a - b);
+    const pct = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] * 1000;
+    rows.push({ bytes, count, us: seconds * 1e6, p50us: pct(0.5), p99us: pct(0.99), algBwGBps: algBw, busBwGBps: nranks > 1 ? (algBw * 2 * (nranks - 1)) / nranks : algBw });
   }
   return rows;
 }
@@ -117,8 +126,11 @@ export function formatRows(rows: BenchRow[], title: string): string[] {
   const fmt = (n: number, w: number, d: number) => n.toFixed(d).padStart(w);
   return [
     `# ${title}`,
-    '#       bytes        count     time(us)  algbw(GB/s)  busbw(GB/s)',
-    ...rows.map((r) => `${String(r.bytes).padStart(13)} ${String(r.count).padStart(12)} ${fmt(r.us, 12, 2)} ${fmt(r.algBwGBps, 12, 2)} ${fmt(r.busBwGBps, 12, 2)}`),
+    '#       bytes        count     time(us)      p50(us)      p99(us)   ops/s  algbw(GB/s)  busbw(GB/s)',
+    ...rows.map(
+      (r) =>
+        `${String(r.bytes).padStart(13)} ${String(r.count).padStart(12)} ${fmt(r.us, 12, 2)} ${fmt(r.p50us, 12, 2)} ${fmt(r.p99us, 12, 2)} ${fmt(1e6 / r.us, 7, 0)} ${fmt(r.algBwGBps, 12, 2)} ${fmt(r.busBwGBps, 12, 2)}`,
+    ),
   ];
 }
 

@@ -149,10 +149,11 @@ async function bench(client: Client, args: string[]): Promise<number> {
   if (v.direct) {
     const direct = await benchDirect(client.server.devices, o);
     process.stdout.write(formatRows(direct, `direct, in this process: ${where}`).join('\n') + '\n');
-    process.stdout.write('#       bytes  daemon/direct busbw  daemon-direct time(us)\n');
+    process.stdout.write('#       bytes  daemon/direct busbw  daemon-direct time(us)  daemon-direct p50(us)  daemon-direct p99(us)\n');
     viaDaemon.forEach((r, i) => {
       const d = direct[i];
-      process.stdout.write(`${String(r.bytes).padStart(13)} ${(r.busBwGBps / d.busBwGBps).toFixed(3).padStart(20)} ${(r.us - d.us).toFixed(2).padStart(23)}\n`);
+      const cols = [(r.busBwGBps / d.busBwGBps).toFixed(3).padStart(20), (r.us - d.us).toFixed(2).padStart(23), (r.p50us - d.p50us).toFixed(2).padStart(22), (r.p99us - d.p99us).toFixed(2).padStart(22)];
+      process.stdout.write(`${String(r.bytes).padStart(13)} ${cols.join(' ')}\n`);
     });
   }
   return 0;

@@ -17,6 +17,8 @@ import { MAX_REQUEST_ID, PROTOCOL_VERSION, type BufferSlot, type HelloReply } fr
 export interface BufferLike {
   /** Frame fields of the register request, and the descriptor (a sealed memfd) to send with it. */
   registerRequest(): { fields: Message; fd?: number };
+  /** Told when a client registers it, so freeing it can release it from that client first. */
+  registeredWith?(client: Client): void;
 }
 
 /** A buffer for a collective: memory to register (once per connection), a registered number, or a slot. */
@@ -170,6 +172,7 @@ export class Client extends EventEmitter {
     const known = this.registered.get(b);
     if (known !== undefined) return Promise.resolve(known);
     const { fields, fd } = b.registerRequest();
+    b.registeredWith?.(this);
     const p = this.request({ ...fields, type: 'register' }, fd === undefined ? undefined : [fd]).then(
       (reply) => {
         const handle = reply.buffer as number;

@@ -14,7 +14,7 @@ export const IPC_GRANULARITY = 2 << 20;
 
 export class DeviceBuffer implements BufferLike {
   private handle: Buffer | null = null;
-  /** Clients that registered this buffer through registerWith(): free() releases it from each first. */
+  /** Clients that registered this buffer: free() releases it from each first. */
   private readonly users = new Set<Client>();
 
   private constructor(
@@ -60,10 +60,8 @@ export class DeviceBuffer implements BufferLike {
     return { fields: { ipc: this.ipcHandle(), device: this.device } };
   }
 
-  /** Registers this buffer with a client's daemon (once); free() releases it from each first. */
-  registerWith(client: Client): Promise<number> {
+  registeredWith(client: Client): void {
     this.users.add(client);
-    return client.register(this);
   }
 
   /** Releases the buffer from every client that used it, then frees the GPU memory. */

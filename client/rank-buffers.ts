@@ -15,7 +15,7 @@ export type RankBuffer = HostBuffer | DeviceBuffer;
  */
 export async function allocRankBuffers(client: Client, bytes: number): Promise<RankBuffer[]> {
   const buffers = client.server.devices.map((device) => (device === null ? HostBuffer.alloc(bytes) : DeviceBuffer.alloc(device, bytes)));
-  await Promise.all(buffers.map((b) => (b instanceof DeviceBuffer ? b.registerWith(client) : client.register(b))));
+  await Promise.all(buffers.map((b) => client.register(b)));
   return buffers;
 }
 

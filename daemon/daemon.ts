@@ -2,6 +2,7 @@
 // debug socket, started in that order and stopped in the reverse one.
 import { NCCLD_VERSION } from '../shared/version.js';
 import { native } from '../shared/native.js';
+import { ErrorCodes } from '../shared/errors.js';
 import { ApiServer } from './api-server.js';
 import { chooseBackend, gpuVersions } from './backend-select.js';
 import type { Config } from './config.js';
@@ -162,6 +163,26 @@ export class Daemon {
       default:
         throw new Error(`unknown fault "${fault.slice(0, 32)}": crash, hang, fail, crash-loop or clear`);
     }
+  }
+
+  /** Each limit with its setting, what is in use now, and how often it refused (by error code). */
+  limits(): { name: string; limit: number; inUse: number | null; code: string; refused: number }[] {
+    const c = this.cfg;
+    const errors = this.stats.snapshot().errors;
+    const procs = [...this.api.processes.all()];
+    const max = (f: (p: (typeof procs)[number]) => number) => procs.reduce((m, p) => Math.max(m, f(p)), 0);
+    return [
+      { name: 'max-connections', limit: c.maxConnections, inUse: this.api.sessions.size, code: ErrorCodes.TOO_MANY_CONNECTIONS, refused: errors[ErrorCodes.TOO_MANY_CONNECTIONS] ?? 0 },
+      { name: 'max-connections-per-uid', limit: c.maxConnectionsPerUid, inUse: max((p) => (p.uid === null || p.uid === 0 ? 0 : this.api.processes.connectionsOf(p.uid))), code: ErrorCodes.TOO_MANY_CONNECTIONS, refused: 0 },
+      { name: 'hello-timeout-ms', limit: c.helloTimeoutMs, inUse: null, code: ErrorCodes.HELLO_TIMEOUT, refused: errors[ErrorCodes.HELLO_TIMEOUT] ?? 0 },
+      { name: 'max-in-flight (per client process)', limit: c.maxInFlight, inUse: max((p) => p.unfinished), code: ErrorCodes.BUSY, refused: errors[ErrorCodes.BUSY] ?? 0 },
+      { name: 'max-queued', limit: c.maxQueued, inUse: this.scheduler.waiting + this.scheduler.running, code: ErrorCodes.BUSY, refused: 0 },
+      { name: 'max-buffers (per client process)', limit: c.maxBuffers, inUse: max((p) => p.buffers), code: ErrorCodes.TOO_MANY_BUFFERS, refused: errors[ErrorCodes.TOO_MANY_BUFFERS] ?? 0 },
+      { name: 'max-buffers-total', limit: c.maxBuffersTotal, inUse: this.world.registry.size, code: ErrorCodes.TOO_MANY_BUFFERS, refused: 0 },
+      { name: 'max-frame-bytes', limit: c.maxFrameBytes, inUse: null, code: ErrorCodes.FRAME_TOO_LARGE, refused: errors[ErrorCodes.FRAME_TOO_LARGE] ?? 0 },
+      { name: 'reply-backlog-bytes (per connection)', limit: c.replyBacklogBytes, inUse: [...this.api.sessions.values()].reduce((m, s) => Math.max(m, s.unreadBytes), 0), code: ErrorCodes.SLOW_READER, refused: errors[ErrorCodes.SLOW_READER] ?? 0 },
+      { name: 'max-timeout-ms', limit: c.maxTimeoutMs, inUse: null, code: ErrorCodes.BAD_REQUEST, refused: 0 },
+    ];
   }
 
   status(): DaemonStatus {

@@ -18,7 +18,7 @@ export const HELP = [
   '  clients              each client: peer pid and uid, requests in flight, buffers named',
   '  ops [N]              flight recorder: every collective in flight and the last N (20) finished,',
   '                       with each rank\'s state, so a stuck one shows which rank has not finished',
-  '  stats                counts, bytes, errors by code, latency percentiles and bandwidth by size',
+  '  stats                limits (value, in use, refusals), counts, bytes, errors by code, latency by size',
   '  buffers              per rank: client buffers mapped now, CUDA IPC handles opened and closed',
   '  log-level <level>    change the log level of the daemon and its device processes',
   '  rebuild              rebuild the world now; brings a failed world back with a fresh restart budget',
@@ -95,15 +95,19 @@ export class DebugCommands {
       }
       case 'stats': {
         const s = d.stats.snapshot();
+        const limits = d.limits();
         const w = [8, 8, 10, 10, 10, 10, 10];
+        const lw = [38, 10, 8, 32, 0];
         return {
           lines: [
+            pad(['limit', 'value', 'in use', 'code when over', 'refused'], lw),
+            ...limits.map((l) => pad([l.name, l.limit, l.inUse ?? '-', l.code, l.refused], lw)),
             `collectives: ${s.collectives} completed, ${s.failed} failed; ${s.bytes} bytes reduced (per buffer)`,
             `errors by code: ${Object.entries(s.errors).map(([c, n]) => `${c} ${n}`).join(', ') || 'none'}`,
             pad(['size', 'count', 'p50 ms', 'p90 ms', 'p99 ms', 'algbw GB/s', 'busbw GB/s'], w),
             ...s.buckets.map((b) => pad([b.bucket, b.count, b.p50Ms.toFixed(3), b.p90Ms.toFixed(3), b.p99Ms.toFixed(3), b.algBwGBps.toFixed(2), b.busBwGBps.toFixed(2)], w)),
           ],
-          data: s,
+          data: { ...s, limits },
         };
       }
       case 'buffers': {
