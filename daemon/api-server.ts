@@ -17,8 +17,8 @@ export interface ConnectionLimits {
 export class ApiServer {
   readonly sessions = new Map<number, ClientSession>();
   readonly processes: ClientProcesses;
-  /** Connections refused at accept, for stats. */
-  refused = 0;
+  /** Connections refused at accept, for stats: over the limit in all, over a user's limit, out of descriptors. */
+  readonly refused = { total: 0, perUid: 0, descriptors: 0 };
   private nextClientId = 1;
   private readonly server: net.Server;
   private socketPath: string | null = null;
@@ -64,11 +64,13 @@ export class ApiServer {
     const peer = typeof handleFd === 'number' && handleFd >= 0 ? peerOf(handleFd) : null;
     const total = this.sessions.size;
     const mine = peer ? this.processes.connectionsOf(peer.uid) : 0;
+    const overLimit: 'total' | 'perUid' | null =
+      total >= this.limits.maxConnections ? 'total' : peer && peer.uid !== 0 && mine >= this.limits.maxConnectionsPerUid ? 'perUid' : null;
     const over =
-      total >= this.limits.maxConnections
+      overLimit === 'total'
         ? `the daemon serves ${this.limits.maxConnections} connections, its limit`
-        : peer && peer.uid !== 0 && mine >= this.limits.maxConnectionsPerUid
-          ? `uid ${peer.uid} has ${this.limits.maxConnectionsPerUid} connections open, the limit per user`
+        : overLimit === 'perUid'
+          ? `uid ${peer!.uid} has ${this.limits.maxConnectionsPerUid} connections open, the limit per user`
           : null;
     let fd = -1;
     if (!over && typeof handleFd === 'number') {
@@ -79,7 +81,7 @@ export class ApiServer {
       }
     }
     if (fd < 0) {
-      this.refused++;
+      this.refused[overLimit ?? 'descriptors']++;
       this.ctx.stats.error(over ? ErrorCodes.TOO_MANY_CONNECTIONS : ErrorCodes.RESOURCE_EXHAUSTED);
       const code = over ? ErrorCodes.TOO_MANY_CONNECTIONS : ErrorCodes.RESOURCE_EXHAUSTED;
       const message = over ?? 'the daemon is out of file descriptors; retry later';

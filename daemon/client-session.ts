@@ -80,7 +80,11 @@ export class ClientSession implements CollectiveOwner {
   private helloTimer: NodeJS.Timeout | null;
   private slowTimer: NodeJS.Timeout | null = null;
   private readingPaused = false;
-  /** Set after an unrecoverable framing error: whatever else arrives is ignored. */
+  /**
+   * Set once we hang up (a framing error, a refusal, a slow reader, end() or destroy()): whatever
+   * else arrives is ignored and nothing more is written (the native connection throws on a write
+   * after end() or close(), and frames later in the same chunk would otherwise still be answered).
+   */
   private hungUp = false;
 
   constructor(
@@ -123,11 +127,13 @@ export class ClientSession implements CollectiveOwner {
 
   /** Closes once the replies queued so far are sent. */
   end(): void {
+    this.hungUp = true;
     if (!this.closed) this.conn.end();
   }
 
   /** Closes now. */
   destroy(): void {
+    this.hungUp = true;
     if (!this.closed) this.conn.close();
   }
 
@@ -140,7 +146,7 @@ export class ClientSession implements CollectiveOwner {
     }
     try {
       for (const frame of this.decoder.push(chunk)) {
-        if (this.closed) return;
+        if (!this.open) return;
         if ('error' in frame) this.sendError(null, frame.error);
         else this.onMessage(frame.message);
       }
@@ -167,13 +173,17 @@ export class ClientSession implements CollectiveOwner {
     // A register frame owns the descriptor sent with it, whatever becomes of the request.
     const fd = msg.type === 'register' ? this.fds.shift() : undefined;
     try {
-      const req = parseRequest(msg, this.ctx.world.size);
-      if (this.ids.has(req.id)) {
-        throw new NccldError(ErrorCodes.DUPLICATE_ID, `request id ${req.id} is already in flight on this connection; it keeps its own reply`, { duplicateId: req.id });
+      // Before anything else: a reply under this id would be taken for the earlier request's.
+      if (id !== null && this.ids.has(id)) {
+        throw new NccldError(ErrorCodes.DUPLICATE_ID, `request id ${id} is already in flight on this connection; it keeps its own reply`, { duplicateId: id });
       }
-      if (this.ctx.draining()) throw new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is shutting down and takes no new requests');
-      if (this.process.unfinished >= this.ctx.limits.maxInFlight) {
-        throw new NccldError(ErrorCodes.BUSY, `this client process already has ${this.ctx.limits.maxInFlight} requests unfinished; wait for replies first`);
+      const req = parseRequest(msg, this.ctx.world.size);
+      // release frees resources: neither a full quota nor shutdown refuses it.
+      if (req.type !== 'release') {
+        if (this.ctx.draining()) throw new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is shutting down and takes no new requests');
+        if (this.process.unfinished >= this.ctx.limits.maxInFlight) {
+          throw new NccldError(ErrorCodes.BUSY, `this client process already has ${this.ctx.limits.maxInFlight} requests unfinished; wait for replies first`);
+        }
       }
       switch (req.type) {
         case 'allreduce':
@@ -241,7 +251,7 @@ export class ClientSession implements CollectiveOwner {
   ended(c: Collective): void {
     for (const s of c.slots) {
       s.reg.users--;
-      if (s.reg.released && s.reg.users === 0) this.drop(s.reg);
+      if (s.reg.released && s.reg.users === 0) void this.drop(s.reg);
     }
     this.process.unfinished--;
     this.endedOne();
@@ -263,8 +273,13 @@ export class ClientSession implements CollectiveOwner {
     this.ctx.world.register(reg, Date.now() + this.ctx.limits.timeoutMs).then(
       (bytes) => {
         reg.bytes = bytes;
-        if (this.closed) return this.drop(reg);
-        this.buffers.set(reg.id, reg);
+        if (this.closed) {
+          // Gone meanwhile: nobody can name it; let it go at once.
+          reg.released = true;
+          void this.drop(reg);
+        } else {
+          this.buffers.set(reg.id, reg);
+        }
         this.answerRegister(req.id, null, reg);
       },
       (err) => {
@@ -292,11 +307,17 @@ export class ClientSession implements CollectiveOwner {
       if (req.ipc) throw new NccldError(ErrorCodes.WRONG_BACKEND, 'this daemon runs the host backend: register a sealed memfd, not GPU memory');
       if (fd === undefined) throw new NccldError(ErrorCodes.BAD_REQUEST, 'register needs a memfd sent with its frame (SCM_RIGHTS)');
       const info = native.fdInfo(fd);
-      const needed = native.SEALS.SHRINK | native.SEALS.GROW;
-      if (info.type !== 'file' || info.seals === -1 || (info.seals & needed) !== needed) {
+      const { SHRINK, GROW, WRITE, FUTURE_WRITE } = native.SEALS;
+      if (info.type !== 'file' || info.seals === -1 || (info.seals & (SHRINK | GROW)) !== (SHRINK | GROW)) {
         throw new NccldError(ErrorCodes.BAD_BUFFER, 'the descriptor must be a memfd sealed against shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW), so no one can pull the memory away under a collective');
       }
+      if (info.seals & (WRITE | FUTURE_WRITE) || !info.readWrite) {
+        throw new NccldError(ErrorCodes.BAD_BUFFER, 'the memfd must be writable: open for reading and writing, without F_SEAL_WRITE or F_SEAL_FUTURE_WRITE (results are written into it)');
+      }
       if (info.size <= 0) throw new NccldError(ErrorCodes.BAD_BUFFER, 'the memfd is empty');
+      if (info.allocatedBytes < info.size) {
+        throw new NccldError(ErrorCodes.BAD_BUFFER, `the memfd's pages must be reserved (posix_fallocate): it holds ${info.size} bytes but only ${info.allocatedBytes} are allocated, and a page that cannot be allocated mid-collective would fault`);
+      }
       kind = 'memfd';
       bytes = info.size;
     } else {
@@ -311,7 +332,7 @@ export class ClientSession implements CollectiveOwner {
     if (this.process.buffers >= limits.maxBuffers) {
       throw new NccldError(ErrorCodes.TOO_MANY_BUFFERS, `this client process has ${limits.maxBuffers} buffers registered; release some first`);
     }
-    if (world.registry.size >= limits.maxBuffersTotal) {
+    if (world.registry.size + world.registering >= limits.maxBuffersTotal) {
       throw new NccldError(ErrorCodes.TOO_MANY_BUFFERS, `the daemon holds ${limits.maxBuffersTotal} registered buffers, its limit; retry later`);
     }
     this.process.buffers++;
@@ -323,22 +344,32 @@ export class ClientSession implements CollectiveOwner {
     if (unknown.length > 0) {
       throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `not registered on this connection: ${unknown.slice(0, 16).join(', ')}${unknown.length > 16 ? ', ...' : ''}`, { buffers: unknown.slice(0, 16) });
     }
-    for (const b of req.buffers) this.releaseReg(this.buffers.get(b)!);
-    this.send({ type: 'result', id: req.id });
+    // The reply waits until every rank has let go of the memory, so the client may free it then.
+    const gone = req.buffers.map((b) => this.releaseReg(this.buffers.get(b)!));
+    this.ids.add(req.id);
+    this.unended++;
+    void Promise.all(gone).then(() => {
+      this.ids.delete(req.id);
+      this.send({ type: 'result', id: req.id });
+      this.endedOne();
+    });
   }
 
-  /** The client lets go: later requests cannot name it; the memory goes once no collective uses it. */
-  private releaseReg(reg: Registration | undefined): void {
-    if (!reg || reg.released) return;
+  /**
+   * The client lets go: later requests cannot name it; the memory goes once no collective uses it.
+   * Resolves when every rank has dropped it.
+   */
+  private releaseReg(reg: Registration): Promise<void> {
     this.buffers.delete(reg.id);
     reg.released = true;
-    if (reg.users === 0) this.drop(reg);
+    if (reg.users === 0) void this.drop(reg);
+    return reg.gone;
   }
 
-  private drop(reg: Registration): void {
-    this.ctx.world.unregister(reg);
+  private drop(reg: Registration): Promise<void> {
     reg.owner.buffers--;
     this.ctx.processes.forgetIfIdle(reg.owner);
+    return this.ctx.world.unregister(reg);
   }
 
   private onHello(msg: Message): void {
@@ -386,9 +417,24 @@ export class ClientSession implements CollectiveOwner {
     this.conn.end();
   }
 
+  /**
+   * Whether frames are still read and answered: not after we hung up, nor once the native
+   * connection is gone (a failed send tears it down at once; onClose only follows on a later turn).
+   */
+  private get open(): boolean {
+    return !this.closed && !this.hungUp && this.conn.fd >= 0;
+  }
+
   private send(msg: Message): void {
-    if (this.closed) return;
-    const queued = this.conn.write(encodeFrame(msg));
+    if (!this.open) return;
+    let queued: number;
+    try {
+      queued = this.conn.write(encodeFrame(msg));
+    } catch (err) {
+      // The connection went under us (its close is reported on a later turn): nothing to send to.
+      this.log.debug({ err: (err as Error).message }, 'reply not sent');
+      return;
+    }
     const limit = this.ctx.limits.replyBacklogBytes;
     if (queued <= limit) return;
     if (queued > 4 * limit) return this.dropSlowReader(`${queued} reply bytes unread`);
@@ -411,6 +457,7 @@ export class ClientSession implements CollectiveOwner {
     if (this.closed) return;
     this.ctx.stats.error(ErrorCodes.SLOW_READER);
     this.log.warn({ why }, 'disconnecting a client that does not read its replies');
+    this.hungUp = true;
     this.conn.close();
   }
 
@@ -430,7 +477,7 @@ export class ClientSession implements CollectiveOwner {
     this.log.info({ inFlight: this.ids.size, served: this.requestsServed, err }, 'client disconnected');
     // Its queued collectives never start; those on the ranks run to their end; then its buffers go.
     this.ctx.scheduler.cancel(this);
-    for (const reg of [...this.buffers.values()]) this.releaseReg(reg);
+    for (const reg of [...this.buffers.values()]) void this.releaseReg(reg);
     this.ctx.processes.detach(this.process);
     this.onGone(this);
   }

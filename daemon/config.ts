@@ -73,7 +73,7 @@ export const SETTINGS: Setting[] = [
   { flag: 'ranks', key: 'ranks', kind: { int: [1, 1024] }, shownDefault: '2', help: 'world size on the host backend' },
   { flag: 'devices', key: 'devices', kind: 'devices', shownDefault: 'every visible GPU', help: 'GPUs for the nccl backend, e.g. 0,1,2,3' },
   { flag: 'socket', key: 'socket', kind: 'string', shownDefault: 'nccld.sock in /run/nccld (root), $XDG_RUNTIME_DIR/nccld or /tmp/nccld-<uid>', help: 'API socket path' },
-  { flag: 'debug-socket', key: 'debugSocket', kind: 'string', shownDefault: 'debug.sock beside the API socket', help: 'debug socket path' },
+  { flag: 'debug-socket', key: 'debugSocket', kind: 'string', shownDefault: 'debug.sock in the default socket directory', help: 'debug socket path' },
   { flag: 'socket-mode', key: 'socketMode', kind: 'mode', shownDefault: '660', help: 'octal mode of an API socket nccld creates itself' },
   { flag: 'max-in-flight', key: 'maxInFlight', kind: { int: [1, 1_000_000] }, shownDefault: '1024', help: 'requests one client process may have unfinished, over all its connections' },
   { flag: 'max-queued', key: 'maxQueued', kind: { int: [1, 10_000_000] }, shownDefault: '65536', help: 'collectives queued in the whole daemon' },

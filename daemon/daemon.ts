@@ -172,8 +172,8 @@ export class Daemon {
     const procs = [...this.api.processes.all()];
     const max = (f: (p: (typeof procs)[number]) => number) => procs.reduce((m, p) => Math.max(m, f(p)), 0);
     return [
-      { name: 'max-connections', limit: c.maxConnections, inUse: this.api.sessions.size, code: ErrorCodes.TOO_MANY_CONNECTIONS, refused: errors[ErrorCodes.TOO_MANY_CONNECTIONS] ?? 0 },
-      { name: 'max-connections-per-uid', limit: c.maxConnectionsPerUid, inUse: max((p) => (p.uid === null || p.uid === 0 ? 0 : this.api.processes.connectionsOf(p.uid))), code: ErrorCodes.TOO_MANY_CONNECTIONS, refused: 0 },
+      { name: 'max-connections', limit: c.maxConnections, inUse: this.api.sessions.size, code: ErrorCodes.TOO_MANY_CONNECTIONS, refused: this.api.refused.total },
+      { name: 'max-connections-per-uid', limit: c.maxConnectionsPerUid, inUse: max((p) => (p.uid === null || p.uid === 0 ? 0 : this.api.processes.connectionsOf(p.uid))), code: ErrorCodes.TOO_MANY_CONNECTIONS, refused: this.api.refused.perUid },
       { name: 'hello-timeout-ms', limit: c.helloTimeoutMs, inUse: null, code: ErrorCodes.HELLO_TIMEOUT, refused: errors[ErrorCodes.HELLO_TIMEOUT] ?? 0 },
       { name: 'max-in-flight (per client process)', limit: c.maxInFlight, inUse: max((p) => p.unfinished), code: ErrorCodes.BUSY, refused: errors[ErrorCodes.BUSY] ?? 0 },
       { name: 'max-queued', limit: c.maxQueued, inUse: this.scheduler.waiting + this.scheduler.running, code: ErrorCodes.BUSY, refused: 0 },

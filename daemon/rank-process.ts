@@ -112,7 +112,7 @@ export class RankProcess extends EventEmitter {
     this.fdSocket = pair[0];
     this.child = child;
     this.pid = child.pid;
-    this.log.info({ devicePid: child.pid }, 'device process forked');
+    if (child.pid !== undefined) this.log.info({ devicePid: child.pid }, 'device process forked');
     return new Promise((resolve, reject) => {
       let settled = false;
       const settle = (err: NccldError | null) => {
@@ -336,7 +336,8 @@ export class RankProcess extends EventEmitter {
     if (this.fdTimer) clearTimeout(this.fdTimer);
     this.fdTimer = null;
     const why = `device process of rank ${this.rank} (pid ${this.pid}) exited (code ${code}, signal ${signal})`;
-    if (expected) this.log.info({ code, signal }, 'device process exited');
+    if (this.child?.pid === undefined) this.log.error('device process could not be started');
+    else if (expected) this.log.info({ code, signal }, 'device process exited');
     else this.log.error({ code, signal }, 'device process exited unexpectedly');
     const lost = new NccldError(ErrorCodes.DEVICE_LOST, why);
     const pending = [...this.pending.values()];

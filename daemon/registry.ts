@@ -14,6 +14,9 @@ export class Registration {
   released = false;
   /** Set when a restarted rank could not map it again (the client freed its GPU memory, say). */
   lost: NccldError | null = null;
+  /** Settles once every rank has dropped it (after unregister). */
+  readonly gone: Promise<void>;
+  private markGone!: () => void;
 
   constructor(
     readonly id: number,
@@ -26,12 +29,15 @@ export class Registration {
     /** ipc: the handle, and the rank whose device holds the memory. */
     readonly ipc: Uint8Array | null,
     readonly rank: number,
-  ) {}
+  ) {
+    this.gone = new Promise((resolve) => (this.markGone = resolve));
+  }
 
   /** Closes the daemon's descriptor (after the ranks have dropped their mappings). */
   dispose(): void {
     if (this.fd >= 0) native.closeFd(this.fd);
     this.fd = -1;
+    this.markGone();
   }
 }
 

@@ -54,6 +54,8 @@ export class World extends EventEmitter {
   readonly ranks: RankProcess[];
   readonly backend: Backend;
   readonly registry = new Registry();
+  /** Registrations waiting for the world to be ready (counted against the daemon-wide limit). */
+  registering = 0;
   private readonly log: Logger;
   private readyWaiters: { resolve: () => void; reject: (e: NccldError) => void; timer: NodeJS.Timeout }[] = [];
   private healing: Promise<void> | null = null;
@@ -338,35 +340,46 @@ export class World extends EventEmitter {
    * so a rebuild meanwhile maps it into new ranks too.
    */
   async register(reg: Registration, deadline: number): Promise<number> {
+    this.registering++;
     try {
       await this.whenReady(deadline);
     } catch (err) {
       reg.dispose();
       throw err;
+    } finally {
+      this.registering--;
     }
     this.registry.add(reg);
     const ranks = reg.kind === 'ipc' ? [this.ranks[reg.rank]] : this.ranks;
     for (let tries = 0; ; tries++) {
       try {
-        const sizes = await Promise.all(ranks.map((r) => this.installOn(r, reg)));
+        const sizes = await withDeadline(Promise.all(ranks.map((r) => this.installOn(r, reg))), deadline, `buffer ${reg.id} was not mapped by every rank in time`);
         return Math.min(...sizes);
       } catch (err) {
         const e = toNccldError(err);
         // A rank lost meanwhile: the rebuild maps every registered buffer; wait for it and check again.
         if ((e.code === ErrorCodes.DEVICE_LOST || e.code === ErrorCodes.NOT_READY) && tries < 2 && this.state !== 'failed') {
-          await this.whenReady(deadline);
-          continue;
+          try {
+            await this.whenReady(deadline);
+            continue;
+          } catch {
+            // fall through: give up on it
+          }
         }
-        this.unregister(reg);
+        void this.unregister(reg);
         throw e;
       }
     }
   }
 
-  /** Drops a registration from every rank (after whatever they run now) and closes its descriptor. */
-  unregister(reg: Registration): void {
+  /**
+   * Drops a registration from every rank (after whatever they run now) and closes its descriptor.
+   * Resolves once each rank has dropped it (a rank that is gone holds nothing).
+   */
+  async unregister(reg: Registration): Promise<void> {
     this.registry.delete(reg);
-    for (const r of this.ranks) if (reg.kind === 'memfd' || r.rank === reg.rank) r.send({ t: 'unmap', ids: [reg.id] });
+    const ranks = this.ranks.filter((r) => reg.kind === 'memfd' || r.rank === reg.rank);
+    await Promise.allSettled(ranks.map((r) => r.call({ t: 'unmap', ids: [reg.id] })));
     reg.dispose();
   }
 
@@ -448,4 +461,13 @@ export class World extends EventEmitter {
       w.reject(err);
     }
   }
+}
+
+/** `work`, or a TIMEOUT at the deadline (the work itself is not cancelled). */
+function withDeadline<T>(work: Promise<T>, deadline: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new NccldError(ErrorCodes.TIMEOUT, what)), Math.max(0, deadline - Date.now()));
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }

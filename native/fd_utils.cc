@@ -87,6 +87,11 @@ Napi::Value FdInfo(const Napi::CallbackInfo& info) {
   result.Set("uid", Napi::Number::New(env, st.st_uid));
   result.Set("mode", Napi::Number::New(env, st.st_mode & 07777));
   result.Set("type", Napi::String::New(env, type));
+  // What the daemon needs to trust a buffer: its pages reserved (a sparse file could fail to
+  // allocate under a collective) and the descriptor open for writing (the result goes into it).
+  result.Set("allocatedBytes", Napi::Number::New(env, static_cast<double>(st.st_blocks) * 512.0));
+  int flags = fcntl(fd, F_GETFL);
+  result.Set("readWrite", Napi::Boolean::New(env, flags >= 0 && (flags & O_ACCMODE) == O_RDWR));
   return result;
 }
 

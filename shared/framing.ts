@@ -25,6 +25,8 @@ export function encodeFrame(message: Message): Buffer {
   return frame;
 }
 
+const NOTHING = Buffer.alloc(0);
+
 /** What the decoder yields for each frame: the message, or why the frame's body was unusable. */
 export type DecodedFrame = { message: Message } | { error: NccldError };
 
@@ -34,46 +36,61 @@ export type DecodedFrame = { message: Message } | { error: NccldError };
  * throws and the caller closes the connection.
  */
 export class FrameDecoder {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  /**
+   * Bytes received and not yet framed: buf[start, end). They are kept in one buffer that grows by
+   * doubling, so a peer that sends a frame a few bytes per write costs about its bytes, not a
+   * Buffer object (hundreds of bytes) per write. New bytes only ever go past `end`: a body already
+   * yielded (which decoded binaries may share) is never written over.
+   */
+  private buf: Buffer = NOTHING;
+  private start = 0;
+  private end = 0;
 
   constructor(readonly maxFrameBytes: number = DEFAULT_MAX_FRAME_BYTES) {}
 
   /** Bytes received that do not yet make a whole frame (e.g. a truncated frame at close). */
   get pendingBytes(): number {
-    return this.buffered;
+    return this.end - this.start;
   }
 
   *push(chunk: Buffer): Generator<DecodedFrame> {
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    while (this.buffered >= FRAME_HEADER_BYTES) {
-      const head = this.peek(FRAME_HEADER_BYTES);
-      const length = head.readUInt32BE(0);
+    this.append(chunk);
+    while (this.end - this.start >= FRAME_HEADER_BYTES) {
+      const length = this.buf.readUInt32BE(this.start);
       if (length > this.maxFrameBytes) {
         throw new NccldError(
           ErrorCodes.FRAME_TOO_LARGE,
           `frame of ${length} bytes is over the maximum of ${this.maxFrameBytes}`,
         );
       }
-      if (this.buffered < FRAME_HEADER_BYTES + length) return;
-      const body = this.take(FRAME_HEADER_BYTES + length).subarray(FRAME_HEADER_BYTES);
+      const total = FRAME_HEADER_BYTES + length;
+      if (this.end - this.start < total) return;
+      const body = this.buf.subarray(this.start + FRAME_HEADER_BYTES, this.start + total);
+      this.start += total;
       yield decodeBody(body);
     }
+    // All framed: hold no memory for an idle connection.
+    if (this.start === this.end) this.buf = NOTHING;
   }
 
-  private peek(n: number): Buffer {
-    if (this.chunks[0].length < n) this.chunks = [Buffer.concat(this.chunks)];
-    return this.chunks[0];
-  }
-
-  private take(n: number): Buffer {
-    const first = this.peek(n);
-    const out = first.subarray(0, n);
-    if (first.length === n) this.chunks.shift();
-    else this.chunks[0] = first.subarray(n);
-    this.buffered -= n;
-    return out;
+  private append(chunk: Buffer): void {
+    const pending = this.end - this.start;
+    if (pending === 0) {
+      // Nothing held (the common case: whole frames per read): take the chunk as it is.
+      this.buf = chunk;
+      this.start = 0;
+      this.end = chunk.length;
+    } else if (this.buf.length - this.end >= chunk.length) {
+      chunk.copy(this.buf, this.end);
+      this.end += chunk.length;
+    } else {
+      const next = Buffer.allocUnsafe(Math.max(pending + chunk.length, 2 * pending, 4096));
+      this.buf.copy(next, 0, this.start, this.end);
+      chunk.copy(next, pending);
+      this.buf = next;
+      this.start = 0;
+      this.end = pending + chunk.length;
+    }
   }
 }
 

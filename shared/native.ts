@@ -82,6 +82,10 @@ export interface FdInfo {
   /** Permission bits (st_mode & 0o7777). */
   mode: number;
   type: 'file' | 'socket' | 'other';
+  /** Bytes of storage reserved for the file (st_blocks × 512): less than size means sparse. */
+  allocatedBytes: number;
+  /** Open for reading and writing (O_RDWR). */
+  readWrite: boolean;
 }
 
 export interface Seals {

@@ -40,7 +40,7 @@ export interface BufferSlot {
 export interface RegisterRequest {
   type: 'register';
   id: number;
-  /** GPU memory: the allocation's CUDA IPC handle (cuIpcGetMemHandle), and its device as the client numbers it. */
+  /** GPU memory: the allocation's CUDA IPC handle (cuIpcGetMemHandle), and its device as the daemon numbers them (match by the hello's deviceUuids). */
   ipc?: Uint8Array;
   device?: number;
 }
@@ -160,7 +160,8 @@ function parseRegister(msg: Message): RegisterRequest {
     throw bad(`register.ipc must be a binary of ${IPC_HANDLE_BYTES} bytes (a CUDA IPC memory handle)`);
   }
   if (!isCount(msg.device)) throw bad('register.device must be the CUDA ordinal the memory was allocated on');
-  return { type: 'register', id: msg.id as number, ipc: msg.ipc, device: msg.device };
+  // A copy: the decoded bytes may share the connection's read buffer, and this handle is kept.
+  return { type: 'register', id: msg.id as number, ipc: Uint8Array.from(msg.ipc), device: msg.device };
 }
 
 function parseAllReduce(msg: Message, worldSize: number): AllReduceRequest {

@@ -23,17 +23,20 @@ export class HostRank {
   /** Maps the memfd that the daemon sent on the fd channel, tagged `id`. */
   map(id: number): void {
     const got = native.recvFds(FD_CHANNEL, 16);
-    if (!got) throw new NccldError(ErrorCodes.INTERNAL, `rank ${this.rank}: no descriptor waiting for buffer ${id}`);
+    if (!got) throw new NccldError(ErrorCodes.INTERNAL, `no descriptor waiting for buffer ${id}`);
     const tag = got.data.length === 4 ? got.data.readUInt32LE(0) : -1;
     try {
       if (tag !== id || got.fds.length !== 1) {
-        throw new NccldError(ErrorCodes.INTERNAL, `rank ${this.rank}: descriptor channel out of step (wanted buffer ${id}, got ${tag} with ${got.fds.length} fds)`);
+        throw new NccldError(ErrorCodes.INTERNAL, `descriptor channel out of step (wanted buffer ${id}, got ${tag} with ${got.fds.length} fds)`);
       }
       if (this.segments.has(id)) return; // mapped already (a retried registration)
       try {
         this.segments.set(id, native.ShmSegment.fromFd(got.fds[0], `buffer ${id}`));
       } catch (err) {
-        throw wireResourceError(err, `rank ${this.rank}: cannot map buffer ${id}`);
+        const code = (err as { code?: string }).code;
+        // Not mappable for reading and writing: the client's memory, not our fault.
+        if (code === 'EACCES' || code === 'EPERM') throw new NccldError(ErrorCodes.BAD_BUFFER, `buffer ${id} cannot be mapped for reading and writing: ${(err as Error).message}`);
+        throw wireResourceError(err, `cannot map buffer ${id}`);
       }
     } finally {
       for (const fd of got.fds) native.closeFd(fd);
@@ -43,7 +46,7 @@ export class HostRank {
   async run(job: RunMessage): Promise<void> {
     const segments = job.buffers.map((b) => {
       const seg = this.segments.get(b.id);
-      if (!seg) throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `rank ${this.rank}: buffer ${b.id} is not mapped here`);
+      if (!seg) throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `buffer ${b.id} is not mapped here`);
       return seg;
     });
     const info = DTYPES[job.dtype];

@@ -138,8 +138,8 @@ process.on('message', (raw) => {
       break;
     case 'unmap':
       // After every collective already sent: a host rank's chain, an NCCL mapping's user count.
-      if (nccl) nccl.unmap(msg.ids);
-      else serially(() => host?.unmap(msg.ids));
+      if (nccl) reply(msg.call, () => nccl!.unmap(msg.ids));
+      else serially(() => reply(msg.call, () => host?.unmap(msg.ids)));
       break;
     case 'stop':
       serially(() => {

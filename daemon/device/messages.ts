@@ -66,6 +66,7 @@ export interface RunMessage {
 /** Daemon → device: drop these registered buffers, after every collective already sent that uses them. */
 export interface UnmapMessage {
   t: 'unmap';
+  call: number;
   ids: number[];
 }
 
@@ -97,7 +98,7 @@ export interface PingMessage {
 }
 
 /** The messages answered with a reply, without their call number (RankProcess adds it). */
-export type CallMessage = Omit<MapMessage, 'call'> | Omit<OpenMessage, 'call'> | Omit<StatsRequest, 'call'> | Omit<PingMessage, 'call'>;
+export type CallMessage = Omit<UnmapMessage, 'call'> | Omit<MapMessage, 'call'> | Omit<OpenMessage, 'call'> | Omit<StatsRequest, 'call'> | Omit<PingMessage, 'call'>;
 
 export interface LogLevelMessage {
   t: 'logLevel';
