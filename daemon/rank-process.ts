@@ -230,7 +230,14 @@ export class RankProcess extends EventEmitter {
           return;
         }
         this.fdBacklog.shift();
-        next.settle.reject(resourceError(err, `rank ${this.rank}: cannot pass the buffer`));
+        const code = (err as { code?: string }).code;
+        // The process died and its exit is not handled yet: the rank is lost, as for a call to it.
+        const gone = code === 'EPIPE' || code === 'ECONNRESET' || code === 'ENOTCONN';
+        next.settle.reject(
+          gone
+            ? new NccldError(ErrorCodes.DEVICE_LOST, `device process of rank ${this.rank} (pid ${this.pid}) is gone: ${(err as Error).message}`)
+            : resourceError(err, `rank ${this.rank}: cannot pass the buffer`),
+        );
         continue;
       }
       this.fdBacklog.shift();

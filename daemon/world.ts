@@ -360,6 +360,8 @@ export class World extends EventEmitter {
         // A rank lost meanwhile: the rebuild maps every registered buffer; wait for it and check again.
         if ((e.code === ErrorCodes.DEVICE_LOST || e.code === ErrorCodes.NOT_READY) && tries < 2 && this.state !== 'failed') {
           try {
+            // The rank's exit may not have been handled yet: let the world notice it first.
+            if (this.state === 'ready') await this.stateChange(500);
             await this.whenReady(deadline);
             continue;
           } catch {
@@ -370,6 +372,19 @@ export class World extends EventEmitter {
         throw e;
       }
     }
+  }
+
+  /** Resolves at the next state change, or after `ms`. */
+  private stateChange(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.off('state', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.on('state', done);
+    });
   }
 
   /**

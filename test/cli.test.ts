@@ -37,11 +37,22 @@ t.test('ncclctl bench, through the daemon and --direct', async (t) => {
   t.teardown(() => d.stop());
   const r = await ncclctl(['--socket', d.socket, 'bench', '-b', '8', '-e', '64K', '-f', '8', '--iters', '5', '--warmup', '1', '--direct']);
   t.equal(r.code, 0, r.stderr);
-  t.match(r.stdout, /# through nccld: 2 ranks, host backend, f32 sum, 5 in flight\n#\s+bytes\s+count\s+time\(us\)\s+algbw\(GB\/s\)\s+busbw\(GB\/s\)\n\s+8\s+2\s+[\d.]+/);
-  const rows = r.stdout.split('\n').filter((l) => /^\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+$/.test(l));
+  t.match(
+    r.stdout,
+    /# through nccld: 2 ranks, host backend, f32 sum, 5 in flight\n#\s+bytes\s+count\s+time\(us\)\s+p50\(us\)\s+p99\(us\)\s+ops\/s\s+algbw\(GB\/s\)\s+busbw\(GB\/s\)\n\s+8\s+2\s+[\d.]+/,
+  );
+  // bytes, count, time, p50, p99, ops/s, algbw, busbw
+  const rows = r.stdout.split('\n').filter((l) => /^\s+\d+\s+\d+(\s+[\d.]+){6}$/.test(l));
   t.same(rows.map((l) => Number(l.trim().split(/\s+/)[0])), [8, 64, 512, 4096, 32768, 8, 64, 512, 4096, 32768], 'sizes from -b to -e by -f, daemon then direct');
+  for (const l of rows) {
+    const [, , , p50, p99] = l.trim().split(/\s+/).map(Number);
+    t.ok(p50 > 0 && p50 <= p99, `p50 ${p50} ≤ p99 ${p99} us`);
+  }
   t.match(r.stdout, /# direct, in this process: 2 ranks/);
-  t.match(r.stdout, /daemon\/direct busbw\s+daemon-direct time\(us\)\n\s+8\s+[\d.]+\s+-?[\d.]+/);
+  t.match(
+    r.stdout,
+    /daemon\/direct busbw\s+daemon-direct time\(us\)\s+daemon-direct p50\(us\)\s+daemon-direct p99\(us\)\n\s+8\s+[\d.]+(\s+-?[\d.]+){3}\n/,
+  );
   const serial = await ncclctl(['--socket', d.socket, 'bench', '-b', '1K', '-e', '1K', '--serial', '--iters', '3']);
   t.match(serial.stdout, /one at a time[\s\S]*\n\s+1024\s+256\s/);
   const bad = await ncclctl(['--socket', d.socket, 'bench', '-b', '1G', '-e', '8']);

@@ -1,7 +1,7 @@
 // Several clients at once, each with hundreds of requests in flight: every result is checked and
 // the collectives get distinct sequence numbers (one global order).
 import t from 'tap';
-import { connect, type DType, type ReduceOp } from '../dist/client/index.js';
+import { connect, HostBuffer, type DType, type ReduceOp } from '../dist/client/index.js';
 import { startDaemon } from './helpers/daemon.js';
 import { allocFilled, check } from './helpers/buffers.js';
 
@@ -28,9 +28,12 @@ t.test(`${CLIENTS} clients × ${PER_CLIENT} requests in flight`, async (t) => {
         const count = 1 + ((i * 7919) % 3000);
         return { dtype, op, count, ...allocFilled(client.worldSize, dtype, op, count, c * 100_000 + i) };
       });
+      // Register every buffer first (a run's buffers at a time: the three clients share one
+      // process's in-flight limit), so the collectives below go out at once, by number.
+      for (const r of runs) await Promise.all(r.buffers.map((b) => client.register(b)));
       // Issue them all before awaiting any: hundreds in flight on one connection.
       const replies = runs.map((r) => client.allReduce({ buffers: r.buffers, dtype: r.dtype, op: r.op, count: r.count }));
-      t.ok(client.requestsInFlight >= PER_CLIENT - 1, `client ${c} has its requests in flight`);
+      t.equal(client.requestsInFlight, PER_CLIENT, `client ${c} has its requests in flight`);
       const results = await Promise.all(replies);
       runs.forEach((r, i) => {
         seqs.push(results[i].seq);
@@ -51,6 +54,8 @@ t.test('past the per-client limit a request gets NCCLD_ERR_BUSY, and the others 
   const client = await connect(d.socket);
   t.teardown(() => client.close());
   const runs = Array.from({ length: 20 }, (_, i) => allocFilled(2, 'f32', 'sum', 100_000, i));
+  // Registrations count against the limit too: one at a time, so none is refused.
+  for (const r of runs) for (const b of r.buffers) await client.register(b);
   const settled = await Promise.allSettled(runs.map((r) => client.allReduce({ buffers: r.buffers, dtype: 'f32', op: 'sum', count: 100_000 })));
   const busy = settled.filter((s) => s.status === 'rejected' && (s.reason as { code: string }).code === 'NCCLD_ERR_BUSY');
   const ok = settled.filter((s) => s.status === 'fulfilled');
@@ -60,6 +65,17 @@ t.test('past the per-client limit a request gets NCCLD_ERR_BUSY, and the others 
     if (s.status === 'fulfilled') t.equal(check(runs[i].buffers, runs[i].inputs, 'f32', 'sum', 100_000).mismatches, 0);
   });
   for (const r of runs) for (const b of r.buffers) b.free();
+  // Registrations are requests too: each ends in a number or, past the limit, BUSY. (Each carries
+  // a descriptor, so each is read on its own and some may finish before the next arrives: how
+  // many are told BUSY depends on timing.)
+  const more = Array.from({ length: 20 }, () => HostBuffer.alloc(4096));
+  const regs = await Promise.allSettled(more.map((b) => client.register(b)));
+  const regBusy = regs.filter((s) => s.status === 'rejected' && (s.reason as { code: string }).code === 'NCCLD_ERR_BUSY').length;
+  const regOk = regs.filter((s) => s.status === 'fulfilled').length;
+  t.equal(regOk + regBusy, 20, `every registration ended in a number or BUSY (${regOk} registered, ${regBusy} BUSY)`);
+  t.ok(regOk >= 8, 'at least as many as the limit were registered');
+  await client.release(more);
+  for (const b of more) b.free();
   // Once the replies are in, the client can send again.
   const again = allocFilled(2, 'f32', 'sum', 10, 99);
   await client.allReduce({ buffers: again.buffers, dtype: 'f32', op: 'sum', count: 10 });

@@ -1,14 +1,15 @@
 // A client that disconnects with requests in flight disturbs no one, and the device processes
-// unmap every segment it had them map (seen in /proc/<pid>/maps, not taken on trust).
+// unmap every buffer it had registered (seen in /proc/<pid>/maps, not taken on trust).
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { connect } from '../dist/client/index.js';
-import { devicePids, startDaemon, until } from './helpers/daemon.js';
+import { debugCommand, devicePids, startDaemon, until } from './helpers/daemon.js';
 import { allocFilled, checkedAllReduce } from './helpers/buffers.js';
 
+/** Which of these HostBuffers (memfds, named at creation) a process maps now. */
 function mappedNames(pid: number, names: string[]): string[] {
   const maps = readFileSync(`/proc/${pid}/maps`, 'utf8');
-  return names.filter((n) => maps.includes(`/dev/shm/${n}`));
+  return names.filter((n) => maps.includes(`/memfd:${n} (deleted)`));
 }
 
 
@@ -23,11 +24,13 @@ t.test('a client that vanishes mid-request', async (t) => {
   const leaver = await connect(d.socket, { name: 'leaver' });
   const runs = Array.from({ length: 60 }, (_, i) => allocFilled(3, 'f32', 'sum', 1 << 18, i));
   const names = runs.flatMap((r) => r.buffers.map((b) => b.name));
+  // Registered first, so all 60 collectives go out at once.
+  await Promise.all(runs.flatMap((r) => r.buffers.map((b) => leaver.register(b))));
+  t.ok(pids.every((p) => mappedNames(p, names).length === names.length), 'every rank maps every registered buffer');
   const replies = runs.map((r) => leaver.allReduce({ buffers: r.buffers, dtype: 'f32', op: 'sum', count: 1 << 18 }));
   // Let the first few start, so some are running and the rest queued, then vanish.
   await replies[0];
-  await until('a device process to map the leaver\'s buffers', () => mappedNames(pids[0], names).length > 0);
-  (leaver as unknown as { socket: { destroy(): void } }).socket.destroy();
+  (leaver as unknown as { conn: { close(): void } }).conn.close();
   const settled = await Promise.allSettled(replies);
   t.ok(
     settled.every((s) => s.status === 'fulfilled' || (s.reason as { code: string }).code === 'NCCLD_ERR_CONNECTION_CLOSED'),
@@ -37,8 +40,9 @@ t.test('a client that vanishes mid-request', async (t) => {
   // The bystander is served throughout.
   for (let i = 0; i < 5; i++) t.equal((await checkedAllReduce(bystander, 'f64', 'sum', 5000, i)).mismatches, 0);
 
-  await until('every rank to unmap the leaver\'s segments', () => pids.every((p) => mappedNames(p, names).length === 0));
-  t.pass('no device process maps any of the leaver\'s segments');
+  await until('every rank to unmap the leaver\'s buffers', () => pids.every((p) => mappedNames(p, names).length === 0));
+  t.pass('no device process maps any of the leaver\'s buffers');
+  t.match(await debugCommand(d.debugSocket, 'status'), /buffers registered: 0\n/, 'and the daemon holds none of them');
   for (const r of runs) for (const b of r.buffers) b.free();
 });
 

@@ -57,7 +57,10 @@ t.test('SIGTERM: in-flight requests finish, device processes stop, sockets are r
   const pids = await devicePids(d.debugSocket);
   const client = await connect(d.socket);
   const runs = Array.from({ length: 30 }, (_, i) => allocFilled(2, 'f32', 'sum', 1 << 20, i));
+  // Registered first, so all 30 collectives are sent (and accepted) before the SIGTERM.
+  await Promise.all(runs.flatMap((r) => r.buffers.map((b) => client.register(b))));
   const replies = runs.map((r) => client.allReduce({ buffers: r.buffers, dtype: 'f32', op: 'sum', count: 1 << 20 }));
+  t.equal(client.requestsInFlight, 30, 'all 30 sent');
   await replies[0];
   d.proc.kill('SIGTERM');
   const settled = await Promise.allSettled(replies);
@@ -110,9 +113,9 @@ t.test('settings come from flags, then NCCLD_* variables, then the config file; 
   t.match(fromFile, { backend: 'host', ranks: 3, timeoutMs: 7000, logLevel: 'warn', configFile: file });
   const envWins = parseConfig(['--config', file], { NCCLD_RANKS: '5', NCCLD_ENABLE_FAULT_INJECTION: 'true' });
   t.match(envWins, { ranks: 5, timeoutMs: 7000, faultInjection: true }, 'the environment beats the file');
-  const flagWins = parseConfig(['--config', file, '--ranks', '6'], { NCCLD_RANKS: '5' });
+  const flagWins = parseConfig(['--config', file, '--ranks', '6'], { NCCLD_RANKS: '5' }) as { ranks: number };
   t.equal(flagWins.ranks, 6, 'a flag beats both');
-  t.equal(parseConfig([], { NCCLD_CONFIG: file }).ranks, 3, 'NCCLD_CONFIG names the file');
+  t.equal((parseConfig([], { NCCLD_CONFIG: file }) as { ranks: number }).ranks, 3, 'NCCLD_CONFIG names the file');
   writeFileSync(file, JSON.stringify({ ranks: 'many' }));
   t.throws(() => parseConfig(['--config', file], {}), { message: `ranks in ${file}: must be an integer from 1 to 1024, not "many"` });
   writeFileSync(file, JSON.stringify({ rank: 2 }));
@@ -132,6 +135,7 @@ t.test('bad flags stop start-up with a message naming them', async (t) => {
     [['--log-level', 'loud'], /--log-level: must be one of/],
     [['--timeout-ms', '5000', '--max-timeout-ms', '1000'], /timeout-ms \(5000\) must not be over max-timeout-ms \(1000\)/],
     [['--config', '/nonexistent.json'], /config file \/nonexistent.json does not exist/],
+    [['--hang-timeout-ms', '10'], /--hang-timeout-ms: must be an integer from 100 to 86400000, not "10"/],
   ] as [string[], RegExp][]) {
     const r = spawnSync(process.execPath, [NCCLD, ...args], { encoding: 'utf8', timeout: 10_000 });
     t.equal(r.status, 2, `${args.join(' ')} exits 2`);
@@ -148,7 +152,7 @@ t.test('--backend nccl without a GPU fails with the reason and a non-zero exit',
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const probe = await import('../dist/daemon/backend-select.js');
   const reason = probe.gpuUnavailableReason();
-  if (reason === null) return t.skip('a GPU backend is available here; this case is for machines without one');
+  if (reason === null) return t.skip('a GPU backend is available here; this case is for machines without one', () => {});
   const r = spawnSync(process.execPath, [NCCLD, '--backend', 'nccl', '--socket', path.join(dir, 'a'), '--debug-socket', path.join(dir, 'd')], {
     encoding: 'utf8',
     timeout: 20_000,

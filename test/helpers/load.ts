@@ -10,6 +10,8 @@ export interface LoadReport {
   ok: number;
   wrong: number;
   errors: Record<string, number>;
+  /** The first message seen for each error code, for diagnostics. */
+  messages: Record<string, string>;
   /** Longest time any request took to end, in ms. */
   slowest: number;
   /** Date.now() of every success and every failure (the daemon's log clock), for "first success after the fault". */
@@ -18,7 +20,7 @@ export interface LoadReport {
 }
 
 export async function runLoad(socket: string, opts: { clients: number; inFlight: number; count: number; durationMs: number; timeoutMs: number }): Promise<LoadReport> {
-  const report: LoadReport = { sent: 0, answered: 0, ok: 0, wrong: 0, errors: {}, slowest: 0, successes: [], failures: [] };
+  const report: LoadReport = { sent: 0, answered: 0, ok: 0, wrong: 0, errors: {}, messages: {}, slowest: 0, successes: [], failures: [] };
   const stopAt = Date.now() + opts.durationMs;
   const clients: Client[] = await Promise.all(Array.from({ length: opts.clients }, (_, c) => connect(socket, { name: `load-${c}` })));
   let seed = 1;
@@ -41,6 +43,7 @@ export async function runLoad(socket: string, opts: { clients: number; inFlight:
             report.failures.push(Date.now());
             const code = (err as { code?: string }).code ?? 'unknown';
             report.errors[code] = (report.errors[code] ?? 0) + 1;
+            report.messages[code] ??= (err as Error).message;
           }
           report.answered++;
           report.slowest = Math.max(report.slowest, Date.now() - t0);
