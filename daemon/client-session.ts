@@ -75,6 +75,11 @@ export class ClientSession implements CollectiveOwner {
   private settledWaiters: (() => void)[] = [];
   private readonly decoder: FrameDecoder;
   private readonly fds: number[] = [];
+  /**
+   * The kernel dropped descriptors sent to us because we could not take them (out of file
+   * descriptors): a register frame that finds none is told so, not blamed for sending none.
+   */
+  private fdsDropped = false;
   private readonly log: Logger;
   private readonly conn: UnixConnection;
   private helloTimer: NodeJS.Timeout | null;
@@ -140,7 +145,10 @@ export class ClientSession implements CollectiveOwner {
   private onData(chunk: Buffer, fds: number[], truncated: boolean): void {
     if (fds.length > 0) this.fds.push(...fds);
     if (this.hungUp) return this.closeFds();
-    if (truncated || this.fds.length > MAX_PENDING_FDS) {
+    if (truncated && fds.length < MAX_PENDING_FDS) {
+      // Room was made for 16: the kernel could not install them here (EMFILE, ENFILE).
+      this.fdsDropped = true;
+    } else if (truncated || this.fds.length > MAX_PENDING_FDS) {
       this.closeFds();
       this.sendError(null, new NccldError(ErrorCodes.BAD_REQUEST, `too many file descriptors sent at once (at most one with each register frame)`));
     }
@@ -160,7 +168,10 @@ export class ClientSession implements CollectiveOwner {
       return;
     }
     // A descriptor arrives with the first bytes of its frame: once no frame is half-read, any left are strays.
-    if (this.decoder.pendingBytes === 0) this.closeFds();
+    if (this.decoder.pendingBytes === 0) {
+      this.closeFds();
+      this.fdsDropped = false;
+    }
   }
 
   private closeFds(): void {
@@ -305,6 +316,9 @@ export class ClientSession implements CollectiveOwner {
     let rank = -1;
     if (world.backend === 'host') {
       if (req.ipc) throw new NccldError(ErrorCodes.WRONG_BACKEND, 'this daemon runs the host backend: register a sealed memfd, not GPU memory');
+      if (fd === undefined && this.fdsDropped) {
+        throw new NccldError(ErrorCodes.RESOURCE_EXHAUSTED, 'the daemon is out of file descriptors and could not receive the memfd; release buffers or retry later');
+      }
       if (fd === undefined) throw new NccldError(ErrorCodes.BAD_REQUEST, 'register needs a memfd sent with its frame (SCM_RIGHTS)');
       const info = native.fdInfo(fd);
       const { SHRINK, GROW, WRITE, FUTURE_WRITE } = native.SEALS;
@@ -345,7 +359,8 @@ export class ClientSession implements CollectiveOwner {
       throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `not registered on this connection: ${unknown.slice(0, 16).join(', ')}${unknown.length > 16 ? ', ...' : ''}`, { buffers: unknown.slice(0, 16) });
     }
     // The reply waits until every rank has let go of the memory, so the client may free it then.
-    const gone = req.buffers.map((b) => this.releaseReg(this.buffers.get(b)!));
+    // A number named twice is released once.
+    const gone = [...new Set(req.buffers)].map((b) => this.releaseReg(this.buffers.get(b)!));
     this.ids.add(req.id);
     this.unended++;
     void Promise.all(gone).then(() => {

@@ -394,8 +394,31 @@ export class World extends EventEmitter {
   async unregister(reg: Registration): Promise<void> {
     this.registry.delete(reg);
     const ranks = this.ranks.filter((r) => reg.kind === 'memfd' || r.rank === reg.rank);
-    await Promise.allSettled(ranks.map((r) => r.call({ t: 'unmap', ids: [reg.id] })));
+    await Promise.allSettled(ranks.map((r) => this.unmapOn(r, reg.id)));
     reg.dispose();
+  }
+
+  /** Unmaps asked for in this turn of the event loop, per rank: sent as one message each. */
+  private readonly unmapBatch = new Map<RankProcess, { ids: number[]; done: Promise<unknown> }>();
+
+  /**
+   * Drops buffer `id` on rank `r`, together with the others dropped in the same turn (a release
+   * names up to 1024): one message per buffer and rank held the event loop, and the ranks, for
+   * tens of milliseconds.
+   */
+  private unmapOn(r: RankProcess, id: number): Promise<unknown> {
+    let batch = this.unmapBatch.get(r);
+    if (!batch) {
+      const ids: number[] = [];
+      const done = Promise.resolve().then(() => {
+        this.unmapBatch.delete(r);
+        return r.call({ t: 'unmap', ids });
+      });
+      batch = { ids, done };
+      this.unmapBatch.set(r, batch);
+    }
+    batch.ids.push(id);
+    return batch.done;
   }
 
   private becomeReady(): void {
