@@ -75,6 +75,10 @@ export class ClientSession implements CollectiveOwner {
   private settledWaiters: (() => void)[] = [];
   private readonly decoder: FrameDecoder;
   private readonly fds: number[] = [];
+  /** Replies of this turn, written together. */
+  private outbox: Buffer[] = [];
+  private outboxBytes = 0;
+  private flushScheduled = false;
   /**
    * The kernel dropped descriptors sent to us because we could not take them (out of file
    * descriptors): a register frame that finds none is told so, not blamed for sending none.
@@ -133,6 +137,7 @@ export class ClientSession implements CollectiveOwner {
   /** Closes once the replies queued so far are sent. */
   end(): void {
     this.hungUp = true;
+    this.flush();
     if (!this.closed) this.conn.end();
   }
 
@@ -164,6 +169,7 @@ export class ClientSession implements CollectiveOwner {
       this.log.warn({ err: (err as Error).message }, 'closing client: unrecoverable framing error');
       this.hungUp = true;
       this.closeFds();
+      this.flush();
       this.conn.end();
       return;
     }
@@ -429,6 +435,7 @@ export class ClientSession implements CollectiveOwner {
   private refuse(err: NccldError): void {
     this.sendError(null, err);
     this.hungUp = true;
+    this.flush();
     this.conn.end();
   }
 
@@ -440,11 +447,32 @@ export class ClientSession implements CollectiveOwner {
     return !this.closed && !this.hungUp && this.conn.fd >= 0;
   }
 
+  /**
+   * Queues a reply; the replies of one event-loop turn go out in one write (setImmediate), since
+   * a write per reply costs a system call each when many collectives finish together.
+   */
   private send(msg: Message): void {
     if (!this.open) return;
+    const frame = encodeFrame(msg);
+    this.outbox.push(frame);
+    this.outboxBytes += frame.length;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flush);
+    }
+  }
+
+  /** Writes what is queued; also called at once before we hang up, so a last error still goes out. */
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    const frames = this.outbox;
+    const bytes = this.outboxBytes;
+    this.outbox = [];
+    this.outboxBytes = 0;
+    if (frames.length === 0 || this.closed || this.conn.fd < 0) return;
     let queued: number;
     try {
-      queued = this.conn.write(encodeFrame(msg));
+      queued = this.conn.write(frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes));
     } catch (err) {
       // The connection went under us (its close is reported on a later turn): nothing to send to.
       this.log.debug({ err: (err as Error).message }, 'reply not sent');
@@ -458,7 +486,7 @@ export class ClientSession implements CollectiveOwner {
     this.readingPaused = true;
     this.conn.pause();
     this.slowTimer = setTimeout(() => this.dropSlowReader(`over ${limit} reply bytes unread for ${this.ctx.limits.slowReaderMs} ms`), this.ctx.limits.slowReaderMs);
-  }
+  };
 
   private onDrain(): void {
     if (!this.readingPaused || this.closed) return;

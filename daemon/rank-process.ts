@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
 import { native } from '../shared/native.js';
 import type { Logger } from './logger.js';
-import type { Backend, FromDevice, RunMessage, ToDevice, CallMessage, WireError } from './device/messages.js';
+import type { Backend, CallMessage, DoneMessage, FromDevice, RunMessage, ToDevice, WireError } from './device/messages.js';
 import { wireResourceError as resourceError } from './device/wire.js';
 
 function fromWire(e: WireError, rank: number): NccldError {
@@ -51,6 +51,7 @@ export class RankProcess extends EventEmitter {
   /** The daemon's end of the fd channel of the current process; -1 when none. */
   private fdSocket = -1;
   private readonly pending = new Map<number, Done>();
+  private runBox: RunMessage[] = [];
   private readonly calls = new Map<number, Settle>();
   private nextCall = 1;
   /** Memfds waiting for room in the fd channel, in order, each with the map call that follows it. */
@@ -176,10 +177,21 @@ export class RankProcess extends EventEmitter {
       return;
     }
     this.pending.set(job.seq, done);
-    this.send(job);
+    this.runBox.push(job);
+    if (this.runBox.length === 1) setImmediate(this.flushRuns);
   }
 
+  /** The collectives of this turn, in one message: a message each costs a serialization and a wake. */
+  private readonly flushRuns = (): void => {
+    const jobs = this.runBox;
+    if (jobs.length === 0) return;
+    this.runBox = [];
+    if (this.child?.connected) this.child.send(jobs.length === 1 ? jobs[0] : { t: 'runs', jobs });
+  };
+
   send(msg: ToDevice): void {
+    // Whatever was run before this message reaches the process before it.
+    if (this.runBox.length > 0) this.flushRuns();
     if (this.child?.connected) this.child.send(msg);
   }
 
@@ -288,27 +300,33 @@ export class RankProcess extends EventEmitter {
         else c?.resolve(msg.value);
         break;
       }
-      case 'done': {
-        const done = this.pending.get(msg.seq);
-        if (!done) {
-          this.log.error({ seq: msg.seq }, 'reply for a collective this rank was not running');
-          return;
-        }
-        this.pending.delete(msg.seq);
-        this.collectivesDone++;
-        if (msg.error) {
-          this.lastError = `${msg.error.code}: ${msg.error.message}`;
-          done(fromWire(msg.error, this.rank));
-        } else {
-          done(null);
-        }
+      case 'done':
+        this.onDone(msg);
         break;
-      }
+      case 'dones':
+        for (const d of msg.list) this.onDone(d);
+        break;
       default: {
         const w = this.waiters.findIndex((x) => x.type === msg.t);
         if (w >= 0) this.waiters.splice(w, 1)[0].settle.resolve(msg);
         else this.log.warn({ t: msg.t }, 'unexpected message from device process');
       }
+    }
+  }
+
+  private onDone(msg: DoneMessage): void {
+    const done = this.pending.get(msg.seq);
+    if (!done) {
+      this.log.error({ seq: msg.seq }, 'reply for a collective this rank was not running');
+      return;
+    }
+    this.pending.delete(msg.seq);
+    this.collectivesDone++;
+    if (msg.error) {
+      this.lastError = `${msg.error.code}: ${msg.error.message}`;
+      done(fromWire(msg.error, this.rank));
+    } else {
+      done(null);
     }
   }
 
@@ -340,6 +358,7 @@ export class RankProcess extends EventEmitter {
     const expected = this.state === 'stopping' || this.state === 'killing';
     this.state = 'exited';
     this.closeFdSocket();
+    this.runBox = []; // never to a process started later: their collectives fail below
     if (this.fdTimer) clearTimeout(this.fdTimer);
     this.fdTimer = null;
     const why = `device process of rank ${this.rank} (pid ${this.pid}) exited (code ${code}, signal ${signal})`;

@@ -5,7 +5,7 @@ import { ErrorCodes, NccldError, toNccldError } from '../../shared/errors.js';
 import { native } from '../../shared/native.js';
 import { HostRank } from './host-rank.js';
 import { NcclRank } from './nccl-rank.js';
-import type { FromDevice, InitMessage, InjectMessage, RunMessage, ToDevice, WireError } from './messages.js';
+import type { DoneMessage, FromDevice, InitMessage, InjectMessage, RunMessage, ToDevice, WireError } from './messages.js';
 
 /** How long a rank waits for NCCL to build a communicator before giving up. */
 const COMM_TIMEOUT_MS = 120_000;
@@ -59,11 +59,32 @@ function init(msg: InitMessage): void {
   send({ t: 'ready', pid: process.pid, deviceName, deviceUuid });
 }
 
+/** Completions of one event-loop turn, sent as one message: a message each costs the daemon a wake and a parse. */
+let doneBox: DoneMessage[] = [];
+
+function flushDone(): void {
+  const list = doneBox;
+  doneBox = [];
+  if (list.length === 1) send(list[0]);
+  else if (list.length > 1) send({ t: 'dones', list });
+}
+
+function reportDone(msg: DoneMessage): void {
+  doneBox.push(msg);
+  if (doneBox.length === 1) setImmediate(flushDone);
+}
+
 function done(seq: number, work: Promise<void>): Promise<void> {
   return work.then(
-    () => send({ t: 'done', seq }),
-    (err) => send({ t: 'done', seq, error: wire(err) }),
+    () => reportDone({ t: 'done', seq }),
+    (err) => reportDone({ t: 'done', seq, error: wire(err) }),
   );
+}
+
+function run(msg: RunMessage): void {
+  if (nextFault) injectFault(msg);
+  else if (nccl) void done(msg.seq, nccl.submit(msg));
+  else serially(() => done(msg.seq, host!.run(msg)));
 }
 
 function injectFault(msg: RunMessage): void {
@@ -109,9 +130,10 @@ process.on('message', (raw) => {
       );
       break;
     case 'run':
-      if (nextFault) injectFault(msg);
-      else if (nccl) void done(msg.seq, nccl.submit(msg));
-      else serially(() => done(msg.seq, host!.run(msg)));
+      run(msg);
+      break;
+    case 'runs':
+      for (const job of msg.jobs) run(job);
       break;
     case 'abort':
       // The world broke: nothing may wait on a peer that is gone. Pending collectives reject.

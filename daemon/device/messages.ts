@@ -63,6 +63,12 @@ export interface RunMessage {
   buffers: RunBuffer[];
 }
 
+/** Daemon → device: the collectives of one event-loop turn, in order (one message instead of many). */
+export interface RunsMessage {
+  t: 'runs';
+  jobs: RunMessage[];
+}
+
 /** Daemon → device: drop these registered buffers, after every collective already sent that uses them. */
 export interface UnmapMessage {
   t: 'unmap';
@@ -114,6 +120,7 @@ export type ToDevice =
   | CommMessage
   | UniqueIdRequest
   | RunMessage
+  | RunsMessage
   | UnmapMessage
   | MapMessage
   | OpenMessage
@@ -163,9 +170,15 @@ export interface DoneMessage {
   error?: WireError;
 }
 
+/** Device → daemon: the completions of one event-loop turn. */
+export interface DonesMessage {
+  t: 'dones';
+  list: DoneMessage[];
+}
+
 export interface FatalMessage {
   t: 'fatal';
   error: WireError;
 }
 
-export type FromDevice = ReadyMessage | UniqueIdMessage | CommReadyMessage | CallReply | DoneMessage | FatalMessage;
+export type FromDevice = ReadyMessage | UniqueIdMessage | CommReadyMessage | CallReply | DoneMessage | DonesMessage | FatalMessage;
