@@ -150,15 +150,7 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
   // Fds travel with bytes, and an empty seqpacket message reads as end-of-file on the other side.
   if (len == 0) return BadArg(env, "sendFds: data must hold at least one byte");
   struct iovec iov = {const_cast<uint8_t*>(data), len};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  RightsControl ctl;
-  AttachRights(&msg, &ctl, fds.data(), fds.size());
-  ssize_t n;
-  do {
-    n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
+  ssize_t n = SendWithRights(sock, &iov, 1, fds.data(), fds.size());
   if (n < 0) {
     ThrowErrno(env, errno, "sendmsg(" + std::to_string(sock) + ")", "sendmsg");
     return Napi::Value();

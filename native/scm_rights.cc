@@ -24,6 +24,19 @@ void AttachRights(struct msghdr* msg, RightsControl* ctl, const int* fds, size_t
   memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * n);
 }
 
+ssize_t SendWithRights(int sock, const struct iovec* iov, size_t niov, const int* fds, size_t nfds) {
+  struct msghdr msg = {};
+  msg.msg_iov = const_cast<struct iovec*>(iov);
+  msg.msg_iovlen = niov;
+  RightsControl ctl;
+  AttachRights(&msg, &ctl, fds, nfds);
+  ssize_t n;
+  do {
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+
 void ExpectRights(struct msghdr* msg, RightsControl* ctl) {
   msg->msg_control = ctl->buf;
   msg->msg_controllen = sizeof ctl->buf;

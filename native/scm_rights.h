@@ -1,9 +1,11 @@
 // SCM_RIGHTS plumbing shared by UnixConnection and sendFds/recvFds: attaching file descriptors
-// to a sendmsg and collecting those a recvmsg brought.
+// to a sendmsg (and sending it) and collecting those a recvmsg brought.
 #pragma once
 
 #include <napi.h>
 #include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <vector>
@@ -23,6 +25,12 @@ union RightsControl {
 // Points msg's control data at `ctl`, holding fds[0..n) as one SCM_RIGHTS message; no
 // control data when n == 0. n <= kMaxPassedFds.
 void AttachRights(struct msghdr* msg, RightsControl* ctl, const int* fds, size_t n);
+
+// One sendmsg of iov[0..niov) with fds[0..nfds) attached to its first byte (nfds <=
+// kMaxPassedFds), never blocking and never raising SIGPIPE, retried on EINTR: the bytes sent,
+// or -1 with errno set (EAGAIN/EWOULDBLOCK when the socket's buffer is full). What the write
+// paths of UnixConnection and sendFds share.
+ssize_t SendWithRights(int sock, const struct iovec* iov, size_t niov, const int* fds, size_t nfds);
 
 // Points msg's control data at `ctl`, with room for kMaxPassedFds descriptors.
 void ExpectRights(struct msghdr* msg, RightsControl* ctl);

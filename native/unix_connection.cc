@@ -266,14 +266,8 @@ bool UnixConnection::Flush() {
       iov[niov++] = {it->data.get() + it->sent, it->size - it->sent};
     }
     Chunk& front = queue_.front();
-    struct msghdr msg = {};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = niov;
-    RightsControl ctl;
-    AttachRights(&msg, &ctl, front.fds.data(), front.fds.size());
-    ssize_t n = sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n = SendWithRights(fd_, iov, niov, front.fds.data(), front.fds.size());
     if (n < 0) {
-      if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
       Teardown(ErrnoName(errno));
       return false;
@@ -392,15 +386,7 @@ Napi::Value UnixConnection::Write(const Napi::CallbackInfo& info) {
   size_t sent = 0;
   if (queue_.empty()) {
     struct iovec iov = {const_cast<uint8_t*>(data), len};
-    struct msghdr msg = {};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    RightsControl ctl;
-    AttachRights(&msg, &ctl, fds.data(), fds.size());
-    ssize_t n;
-    do {
-      n = sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    } while (n < 0 && errno == EINTR);
+    ssize_t n = SendWithRights(fd_, &iov, 1, fds.data(), fds.size());
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
       Teardown(ErrnoName(errno));
       return Napi::Number::New(env, 0);

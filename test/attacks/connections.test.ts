@@ -12,23 +12,12 @@ import { performance } from 'node:perf_hooks';
 import { connect, type Client } from '../../dist/client/index.js';
 import { PROTOCOL_VERSION } from '../../dist/shared/protocol.js';
 import { checkedAllReduce } from '../helpers/buffers.js';
-import { ROOT, debugCommand, startDaemon, until, type RunningDaemon } from '../helpers/daemon.js';
+import { ROOT, startDaemon, until, type RunningDaemon } from '../helpers/daemon.js';
 import { startGoodClient, type GoodClient, type GoodReport } from '../helpers/good-client.js';
+import { debugJson } from '../helpers/inspect.js';
 import { rawConnect, type RawConnection } from '../helpers/raw.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** One debug command's answer, as JSON. */
-async function debugJson<T = Record<string, any>>(socket: string, command: string): Promise<T> {
-  const out = await debugCommand(socket, 'format json', command);
-  const reply = out
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l))
-    .find((r) => r.command === command.split(' ')[0]);
-  if (!reply?.ok) throw new Error(`debug ${command}: ${out}`);
-  return reply.result as T;
-}
 
 async function servedToGood(d: RunningDaemon): Promise<number> {
   const clients = await debugJson<{ name: string | null; served: number }[]>(d.debugSocket, 'clients');

@@ -6,21 +6,12 @@
 import t, { type Test } from 'tap';
 import { performance } from 'node:perf_hooks';
 import { connect, type Client } from '../../dist/client/index.js';
-import type { DaemonStatus } from '../../dist/daemon/status.js';
 import type { OpRecord } from '../../dist/daemon/flight-recorder.js';
 import { alive, debugCommand, devicePids, startDaemon, until } from '../helpers/daemon.js';
 import { allocFilled, check, checkedAllReduce } from '../helpers/buffers.js';
 import { startGoodClient, type GoodReport } from '../helpers/good-client.js';
+import { ops, status } from '../helpers/inspect.js';
 
-/** The debug socket's answer to one command, as JSON. */
-async function debugJson<T>(debugSocket: string, command: string): Promise<T> {
-  const lines = (await debugCommand(debugSocket, 'format json', command)).trim().split('\n');
-  const answer = JSON.parse(lines[lines.length - 1]) as { ok: boolean; result: T; error?: string };
-  if (!answer.ok) throw new Error(`${command}: ${answer.error}`);
-  return answer.result;
-}
-const status = (debugSocket: string) => debugJson<DaemonStatus>(debugSocket, 'status');
-const ops = (debugSocket: string, n = 256) => debugJson<{ inFlight: OpRecord[]; recent: OpRecord[] }>(debugSocket, `ops ${n}`);
 const idle = async (debugSocket: string) => {
   const s = await status(debugSocket);
   return s.requests.running === 0 && s.requests.waiting === 0;

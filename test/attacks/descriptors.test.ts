@@ -5,41 +5,13 @@
 // in child processes (the limit is per client process, from SO_PEERCRED); the well-behaved
 // client runs in this process, registering new buffers and running collectives throughout.
 import t from 'tap';
-import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { ErrorCodes, HostBuffer } from '../../dist/client/index.js';
-import { alive, debugCommand, ROOT, startDaemon, until } from '../helpers/daemon.js';
+import { alive, ROOT, startDaemon, until } from '../helpers/daemon.js';
 import { startGoodClient } from '../helpers/good-client.js';
-
-interface Status {
-  world: { state: string; rebuilds: number };
-  registeredBuffers: number;
-  ranks: { pid: number }[];
-}
-
-async function debugJson<T>(socket: string, command: string): Promise<T> {
-  const out = await debugCommand(socket, 'format json', command);
-  const docs = out.trim().split('\n').map((l) => JSON.parse(l) as { ok: boolean; command: string; result: T; error?: string });
-  const doc = docs.find((x) => x.command === command.split(' ')[0]);
-  if (!doc?.ok) throw new Error(`debug ${command}: ${doc?.error ?? out}`);
-  return doc.result;
-}
-
-const fdCount = (pid: number) => fs.readdirSync(`/proc/${pid}/fd`).length;
-
-/** A process's descriptor count once nothing is closing (a debug connection, say): the same for 400 ms. */
-async function quietFdCount(pid: number): Promise<number> {
-  let last = fs.readdirSync(`/proc/${pid}/fd`).length;
-  for (let stable = 0; stable < 4; ) {
-    await new Promise((r) => setTimeout(r, 100));
-    const n = fs.readdirSync(`/proc/${pid}/fd`).length;
-    stable = n === last ? stable + 1 : 0;
-    last = n;
-  }
-  return last;
-}
+import { debugJson, fdCount, quietFdCount, status } from '../helpers/inspect.js';
 
 const MAX_BUFFERS = 500;
 const MAX_TOTAL = 1000;
@@ -123,13 +95,10 @@ t.test('a client process that registers buffers until refused exhausts nothing o
   t.teardown(() => d.stop());
   const daemonPid = d.proc.pid!;
   const good = await startGoodClient(d.socket);
-  let goodStopped = false;
-  t.teardown(async () => {
-    if (!goodStopped) await good.stop();
-  });
-  await until('the good client registered its buffers', async () => (await debugJson<Status>(d.debugSocket, 'status')).registeredBuffers >= 2);
-  const start = await debugJson<Status>(d.debugSocket, 'status');
-  const pids = start.ranks.map((r) => r.pid);
+  t.teardown(() => good.stop());
+  await until('the good client registered its buffers', async () => (await status(d.debugSocket)).registeredBuffers >= 2);
+  const start = await status(d.debugSocket);
+  const pids = start.ranks.map((r) => r.pid!);
   const rankFds = pids.map(fdCount);
   const daemonFds = await quietFdCount(daemonPid);
   const mapped = async () => (await debugJson<{ mapped: number }[]>(d.debugSocket, 'buffers')).map((s) => s.mapped);
@@ -191,7 +160,7 @@ t.test('a client process that registers buffers until refused exhausts nothing o
     t.comment(`attacker 2: ${JSON.stringify(r2)}`);
     t.equal(r2.registered, MAX_TOTAL - MAX_BUFFERS - 2, `it got what the daemon-wide limit left (${r2.registered})`);
     t.same(Object.keys(r2.codes), [ErrorCodes.TOO_MANY_BUFFERS], 'every refusal was TOO_MANY_BUFFERS');
-    const s = await debugJson<Status>(d.debugSocket, 'status');
+    const s = await status(d.debugSocket);
     t.equal(s.registeredBuffers, MAX_TOTAL, `the daemon holds --max-buffers-total (${s.registeredBuffers})`);
     const extra = HostBuffer.alloc(4096);
     t.teardown(() => extra.free());
@@ -201,17 +170,16 @@ t.test('a client process that registers buffers until refused exhausts nothing o
     await until('collectives still run', async () => (await debugJson<{ collectives: number }>(d.debugSocket, 'stats')).collectives > before + 20, 10_000);
     t.pass("the good client's collectives on its registered buffers still run");
     await stopAttacker(a2.proc);
-    await until("attacker 2's buffers are released", async () => (await debugJson<Status>(d.debugSocket, 'status')).registeredBuffers <= MAX_BUFFERS + 2, 10_000);
+    await until("attacker 2's buffers are released", async () => (await status(d.debugSocket)).registeredBuffers <= MAX_BUFFERS + 2, 10_000);
     const h = await good.client.register(extra);
     t.ok(h > 0, 'the pool is given back when the attacker goes away: the good client registers again');
     await good.client.release([extra]);
   });
 
   await stopAttacker(a1.proc);
-  await until('the attackers\' buffers are all gone', async () => (await debugJson<Status>(d.debugSocket, 'status')).registeredBuffers <= 4, 10_000);
+  await until('the attackers\' buffers are all gone', async () => (await status(d.debugSocket)).registeredBuffers <= 4, 10_000);
   await stopChurn();
   const report = await good.stop();
-  goodStopped = true;
   t.comment(`good client (fixed buffers): ${report.ok} ok, p50 ${report.p50.toFixed(2)} ms, p99 ${report.p99.toFixed(2)} ms, errors ${JSON.stringify(report.errors)}`);
   t.comment(`good client (fresh buffers each time): ${fresh.ok} ok, errors ${JSON.stringify(fresh.errors)}`);
   t.ok(report.ok > 10, 'the good client was served throughout');
@@ -224,7 +192,7 @@ t.test('a client process that registers buffers until refused exhausts nothing o
   t.comment(`daemon errors by code: ${JSON.stringify(stats.errors)}`);
   t.notOk(stats.errors[ErrorCodes.INTERNAL], 'nothing got NCCLD_ERR_INTERNAL');
   t.notOk(stats.errors[ErrorCodes.RESOURCE_EXHAUSTED], 'nor RESOURCE_EXHAUSTED');
-  const end = await debugJson<Status>(d.debugSocket, 'status');
+  const end = await status(d.debugSocket);
   t.equal(end.world.state, 'ready');
   t.equal(end.world.rebuilds, 0, 'no rebuild');
   t.same(end.ranks.map((r) => r.pid), pids, 'the same device processes');

@@ -6,63 +6,21 @@
 // The seed is printed; set NCCLD_FUZZ_SEED (and NCCLD_FUZZ_FRAMES) to replay or lengthen a run.
 // The fuzzer runs as its own process, so its requests count against its own limits.
 import t from 'tap';
-import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 import { ErrorCodes } from '../../dist/client/index.js';
-import { alive, debugCommand, ROOT, startDaemon, until } from '../helpers/daemon.js';
+import { runForReport } from '../helpers/child.js';
+import { alive, ROOT, startDaemon, until } from '../helpers/daemon.js';
 import { startGoodClient } from '../helpers/good-client.js';
+import { debugJson, fdCount, quietFdCount, rss, status } from '../helpers/inspect.js';
 import type { FuzzReport } from './fuzz.js';
 
-interface Status {
-  world: { state: string; rebuilds: number };
-  registeredBuffers: number;
-  ranks: { pid: number }[];
-}
-
-async function debugJson<T>(socket: string, command: string): Promise<T> {
-  const out = await debugCommand(socket, 'format json', command);
-  const docs = out.trim().split('\n').map((l) => JSON.parse(l) as { ok: boolean; command: string; result: T; error?: string });
-  const doc = docs.find((x) => x.command === command.split(' ')[0]);
-  if (!doc?.ok) throw new Error(`debug ${command}: ${doc?.error ?? out}`);
-  return doc.result;
-}
-
-const fdCount = (pid: number) => fs.readdirSync(`/proc/${pid}/fd`).length;
-
-/** A process's descriptor count once nothing is closing (a debug connection, say): the same for 400 ms. */
-async function quietFdCount(pid: number): Promise<number> {
-  let last = fs.readdirSync(`/proc/${pid}/fd`).length;
-  for (let stable = 0; stable < 4; ) {
-    await new Promise((r) => setTimeout(r, 100));
-    const n = fs.readdirSync(`/proc/${pid}/fd`).length;
-    stable = n === last ? stable + 1 : 0;
-    last = n;
-  }
-  return last;
-}
-const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+const rssMiB = (pid: number) => rss(pid) / (1 << 20);
 
 function runFuzzer(socket: string, seed: number, frames: number): Promise<FuzzReport> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, ['--import=@tapjs/typescript/import', path.join(ROOT, 'test/attacks/fuzz.ts'), '--socket', socket, String(seed), String(frames)], {
-      cwd: ROOT,
-      env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    proc.stdout.on('data', (c) => (out += c));
-    proc.stderr.on('data', (c) => (err += c));
-    const kill = setTimeout(() => proc.kill('SIGKILL'), 90_000);
-    proc.once('exit', (code) => {
-      clearTimeout(kill);
-      try {
-        resolve(JSON.parse(out.trim().split('\n').pop()!) as FuzzReport);
-      } catch {
-        reject(new Error(`the fuzzer exited ${code} without a report: ${out.slice(-1000)} ${err.slice(-3000)}`));
-      }
-    });
+  return runForReport<FuzzReport>('the fuzzer', ['--import=@tapjs/typescript/import', path.join(ROOT, 'test/attacks/fuzz.ts'), '--socket', socket, String(seed), String(frames)], {
+    cwd: ROOT,
+    env: { TS_NODE_TRANSPILE_ONLY: '1' },
+    timeoutMs: 90_000,
   });
 }
 
@@ -74,19 +32,15 @@ t.test('20,000 fuzzed frames: every one answered, nothing broken, the good clien
   t.teardown(() => d.stop());
   const daemonPid = d.proc.pid!;
   const good = await startGoodClient(d.socket);
-  let goodStopped = false;
-  t.teardown(async () => {
-    if (!goodStopped) await good.stop();
-  });
-  const start = await debugJson<Status>(d.debugSocket, 'status');
-  const pids = start.ranks.map((r) => r.pid);
+  t.teardown(() => good.stop());
+  const start = await status(d.debugSocket);
+  const pids = start.ranks.map((r) => r.pid!);
   const fdsBefore = await quietFdCount(daemonPid);
   const rssBefore = rssMiB(daemonPid);
 
   const report = await runFuzzer(d.socket, seed, frames);
   const rssAfter = rssMiB(daemonPid);
   const goodReport = await good.stop();
-  goodStopped = true;
   t.comment(`fuzzer: ${report.frames} frames in ${report.ms} ms over ${report.connections} connections (${report.decodable} decodable maps, ${report.undecodable} not; ${report.withFds} with descriptors); ${report.replies} replies; missing ${report.missing}, extra ${report.extra}`);
   t.comment(`connection endings: ${JSON.stringify(report.endings)}`);
   t.comment(`replies by code: ${JSON.stringify(report.byCode)}`);
@@ -103,7 +57,7 @@ t.test('20,000 fuzzed frames: every one answered, nothing broken, the good clien
   t.notOk(report.byCode[ErrorCodes.INTERNAL], 'no INTERNAL error among the replies');
 
   t.ok(alive(daemonPid), 'the daemon is alive');
-  const end = await debugJson<Status>(d.debugSocket, 'status');
+  const end = await status(d.debugSocket);
   t.equal(end.world.state, 'ready', 'the world is ready');
   t.equal(end.world.rebuilds, 0, 'never rebuilt');
   t.same(end.ranks.map((r) => r.pid), pids, 'the same device processes');

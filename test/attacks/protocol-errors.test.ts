@@ -13,29 +13,16 @@
 import t from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { once } from 'node:events';
-import { spawn } from 'node:child_process';
 import { connect, ErrorCodes, HostBuffer } from '../../dist/client/index.js';
 import { encodeFrame, FrameDecoder, type Message } from '../../dist/shared/framing.js';
 import { native } from '../../dist/shared/native.js';
-import { alive, debugCommand, NCCLD, ROOT, startDaemon, until } from '../helpers/daemon.js';
+import type { DaemonStatus } from '../../dist/daemon/status.js';
+import { alive, debugCommand, ROOT, startDaemon, until } from '../helpers/daemon.js';
 import { startGoodClient, type GoodReport } from '../helpers/good-client.js';
+import { debugJson, debugSession, fdCount, quietFdCount, status } from '../helpers/inspect.js';
 import { rawConnect } from '../helpers/raw.js';
-
-interface Status {
-  world: { state: string; rebuilds: number };
-  ranks: { pid: number }[];
-}
-
-async function debugJson<T>(socket: string, command: string): Promise<T> {
-  const out = await debugCommand(socket, 'format json', command);
-  const docs = out.trim().split('\n').map((l) => JSON.parse(l) as { ok: boolean; command: string; result: T; error?: string });
-  const doc = docs.find((x) => x.command === command.split(' ')[0]);
-  if (!doc?.ok) throw new Error(`debug ${command}: ${doc?.error ?? out}`);
-  return doc.result;
-}
 
 /**
  * A raw connection through the native Unix connection, so frames can carry descriptors: what a
@@ -72,24 +59,12 @@ async function fdConnect(socketPath: string) {
   };
 }
 
-/** A process's descriptor count once nothing is closing (a debug connection, say): the same for 400 ms. */
-async function quietFdCount(pid: number): Promise<number> {
-  let last = fs.readdirSync(`/proc/${pid}/fd`).length;
-  for (let stable = 0; stable < 4; ) {
-    await new Promise((r) => setTimeout(r, 100));
-    const n = fs.readdirSync(`/proc/${pid}/fd`).length;
-    stable = n === last ? stable + 1 : 0;
-    last = n;
-  }
-  return last;
-}
-
 const fmt = (r: GoodReport) => `${r.ok} ok, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms, errors ${JSON.stringify(r.errors)}`;
 
 t.test('protocol errors get replies a client can match, and hurt no one', async (t) => {
   const d = await startDaemon(['--backend', 'host', '--ranks', '2']);
   t.teardown(() => d.stop());
-  const pids = (await debugJson<Status>(d.debugSocket, 'status')).ranks.map((r) => r.pid);
+  const pids = (await status(d.debugSocket)).ranks.map((r) => r.pid!);
   const good = await startGoodClient(d.socket);
   let report: GoodReport | null = null;
   t.teardown(async () => {
@@ -171,8 +146,8 @@ t.test('protocol errors get replies a client can match, and hurt no one', async 
     await c.waitFor('register 9', (m) => m.type === 'result' && m.id === 9);
     await c.waitFor('duplicate register 9', (m) => m.duplicateId === 9);
     t.equal(c.replies.filter((m) => m.id === 9).length, 1, 'one reply under id 9');
-    await until('the refused descriptor closed', () => fs.readdirSync(`/proc/${d.proc.pid}/fd`).length <= daemonFds + 1, 3_000).catch(() => {});
-    t.equal(fs.readdirSync(`/proc/${d.proc.pid}/fd`).length, daemonFds + 1, 'the daemon kept one descriptor: the registered one');
+    await until('the refused descriptor closed', () => fdCount(d.proc.pid!) <= daemonFds + 1, 3_000).catch(() => {});
+    t.equal(fdCount(d.proc.pid!), daemonFds + 1, 'the daemon kept one descriptor: the registered one');
   });
 
   await t.test('frames after a refusal in the same write, and a client gone mid-burst, take nothing down', async (t) => {
@@ -202,7 +177,7 @@ t.test('protocol errors get replies a client can match, and hurt no one', async 
     }
     await new Promise((r) => setTimeout(r, 500));
     t.ok(alive(daemonPid), 'the daemon is alive');
-    const s = await debugJson<Status>(d.debugSocket, 'status');
+    const s = await status(d.debugSocket);
     t.equal(s.world.state, 'ready');
   });
 
@@ -289,7 +264,7 @@ t.test('protocol errors get replies a client can match, and hurt no one', async 
   t.ok(report.ok > 10, 'the good client was served throughout');
   t.equal(report.wrong, 0);
   t.same(report.errors, {});
-  const end = await debugJson<Status>(d.debugSocket, 'status');
+  const end = await status(d.debugSocket);
   t.equal(end.world.state, 'ready');
   t.equal(end.world.rebuilds, 0);
   t.same(end.ranks.map((r) => r.pid), pids, 'the same device processes');
@@ -300,49 +275,17 @@ t.test('protocol errors get replies a client can match, and hurt no one', async 
 
 t.test('a daemon out of file descriptors answers a registration with RESOURCE_EXHAUSTED', async (t) => {
   const FD_LIMIT = 128;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nccld-emfile-'));
-  const socket = path.join(dir, 'api.sock');
-  const debugSocket = path.join(dir, 'debug.sock');
   // The daemon raises its soft limit to the hard one: lower both (bash's ulimit -n does).
-  const proc = spawn('bash', ['-c', `ulimit -n ${FD_LIMIT} && exec "$0" "$@"`, process.execPath, NCCLD, '--backend', 'host', '--ranks', '2', '--socket', socket, '--debug-socket', debugSocket, '--max-buffers', '10000'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  t.teardown(async () => {
-    proc.kill('SIGTERM');
-    await exited;
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  let out = '';
-  proc.stdout!.on('data', (c) => (out += c));
-  await until('the fd-limited daemon serves', () => out.includes('nccld serving') || proc.exitCode !== null, 30_000);
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2', '--max-buffers', '10000'], { shell: `ulimit -n ${FD_LIMIT}` });
+  t.teardown(() => d.stop());
+  const { proc, socket } = d;
   t.equal(proc.exitCode, null, 'the daemon started');
   const limits = fs.readFileSync(`/proc/${proc.pid}/limits`, 'utf8');
   t.match(limits, new RegExp(`Max open files\\s+${FD_LIMIT}\\s+${FD_LIMIT}`), `its descriptor limit is ${FD_LIMIT}`);
 
   // A debug connection opened now, kept open: a new one cannot be accepted once descriptors run out.
-  const dbg = net.connect(debugSocket);
-  dbg.setEncoding('utf8');
-  let dbgOut = '';
-  dbg.on('data', (c: string) => (dbgOut += c));
-  t.teardown(() => dbg.destroy());
-  await once(dbg, 'connect');
-  dbg.write('keepalive\nformat json\n');
-  const ask = async <T>(command: string): Promise<T> => {
-    const from = dbgOut.length;
-    dbg.write(`${command}\n`);
-    await until(`debug ${command}`, () => dbgOut.slice(from).includes('\n{') || /^\{.*\}\n/m.test(dbgOut.slice(from)), 5_000);
-    const doc = dbgOut
-      .slice(from)
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as { command: string; result: T })
-      .find((x) => x.command === command);
-    if (!doc) throw new Error(`no answer to ${command}: ${dbgOut.slice(from)}`);
-    return doc.result;
-  };
-  await until('debug session ready', () => (dbgOut.match(/\n/g) ?? []).length >= 2, 5_000);
-  const pids = (await ask<Status>('status')).ranks.map((r) => r.pid);
+  const ask = await debugSession(t, d.debugSocket);
+  const pids = (await ask<DaemonStatus>('status')).ranks.map((r) => r.pid!);
 
   const good = await startGoodClient(socket);
   let report: GoodReport | null = null;
@@ -400,7 +343,7 @@ t.test('a daemon out of file descriptors answers a registration with RESOURCE_EX
   t.ok(report.ok > 10);
   t.equal(report.wrong, 0);
   t.same(report.errors, {});
-  const s = await ask<Status>('status');
+  const s = await ask<DaemonStatus>('status');
   t.equal(s.world.state, 'ready');
   t.equal(s.world.rebuilds, 0);
   t.same(s.ranks.map((r) => r.pid), pids, 'the same device processes');

@@ -6,20 +6,10 @@
 import t, { type Test } from 'tap';
 import { performance } from 'node:perf_hooks';
 import { connect } from '../../dist/client/index.js';
-import type { DaemonStatus } from '../../dist/daemon/status.js';
-import type { OpRecord } from '../../dist/daemon/flight-recorder.js';
-import { alive, debugCommand, startDaemon, until } from '../helpers/daemon.js';
+import { alive, startDaemon, until } from '../helpers/daemon.js';
 import { checkedAllReduce } from '../helpers/buffers.js';
 import { startGoodClient } from '../helpers/good-client.js';
-
-async function debugJson<T>(debugSocket: string, command: string): Promise<T> {
-  const lines = (await debugCommand(debugSocket, 'format json', command)).trim().split('\n');
-  const answer = JSON.parse(lines[lines.length - 1]) as { ok: boolean; result: T; error?: string };
-  if (!answer.ok) throw new Error(`${command}: ${answer.error}`);
-  return answer.result;
-}
-const status = (debugSocket: string) => debugJson<DaemonStatus>(debugSocket, 'status');
-const ops = (debugSocket: string, n = 256) => debugJson<{ inFlight: OpRecord[]; recent: OpRecord[] }>(debugSocket, `ops ${n}`);
+import { ops, status } from '../helpers/inspect.js';
 
 /**
  * Which ranks each round kills, all in one loop. On a loaded machine the loop itself can be

@@ -5,16 +5,14 @@
 // attempts back off, the budget ends in `failed` (which `rebuild` undoes once descriptors are free)
 // or a later attempt succeeds on its own, and SIGTERM ends it all. A good client runs throughout.
 import t, { type Test } from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { connect } from '../../dist/client/index.js';
 import { FrameDecoder, type Message } from '../../dist/shared/framing.js';
 import { checkedAllReduce } from '../helpers/buffers.js';
-import { NCCLD, alive, debugCommand, until } from '../helpers/daemon.js';
+import { alive, debugCommand, startDaemon, until, type RunningDaemon } from '../helpers/daemon.js';
 import { startGoodClient, type GoodClient } from '../helpers/good-client.js';
+import { debugSession, fdCount } from '../helpers/inspect.js';
 
 /** The daemon's descriptor limit: what it starts with (about 25) leaves room for ~35 connections. */
 const FD_LIMIT = 64;
@@ -25,98 +23,28 @@ const OUTAGE_CODES = ['NCCLD_ERR_DEVICE_LOST', 'NCCLD_ERR_ABORTED', 'NCCLD_ERR_T
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Log = Record<string, unknown>;
 
-interface LimitedDaemon {
-  proc: ChildProcess;
-  socket: string;
-  debugSocket: string;
-  logs: Log[];
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+type LimitedDaemon = RunningDaemon & {
   /** Every device process pid the daemon ever logged as forked. */
   devicePids(): number[];
-}
+};
 
 /**
- * Like startDaemon, but through bash so that `ulimit -n` (soft and hard: the daemon raises its
- * soft limit to the hard one) holds the daemon, and its device processes, to `fdLimit` descriptors.
+ * startDaemon through bash, so that `ulimit -n` holds the daemon, and its device processes, to
+ * `fdLimit` descriptors; on teardown, SIGKILL for the daemon and any device process left.
  */
 async function startLimitedDaemon(t: Test, fdLimit: number, args: string[]): Promise<LimitedDaemon> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'nccld-attack-'));
-  const socket = path.join(dir, 'api.sock');
-  const debugSocket = path.join(dir, 'debug.sock');
-  const proc = spawn(
-    '/bin/bash',
-    ['-c', `ulimit -n ${fdLimit} && exec "$0" "$@"`, process.execPath, NCCLD, '--socket', socket, '--debug-socket', debugSocket, '--backend', 'host', '--ranks', '2', ...args],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  const logs: Log[] = [];
-  let stderr = '';
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-  let partial = '';
-  proc.stdout!.setEncoding('utf8');
-  proc.stdout!.on('data', (chunk: string) => {
-    partial += chunk;
-    let nl;
-    while ((nl = partial.indexOf('\n')) >= 0) {
-      const line = partial.slice(0, nl);
-      partial = partial.slice(nl + 1);
-      try {
-        logs.push(JSON.parse(line) as Log);
-      } catch {
-        logs.push({ raw: line });
-      }
-    }
-  });
-  proc.stderr!.setEncoding('utf8');
-  proc.stderr!.on('data', (c: string) => (stderr += c));
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2', ...args], { shell: `ulimit -n ${fdLimit}`, timeoutMs: 20_000 });
   t.teardown(async () => {
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-    await exited;
-    for (const pid of pidsOf(logs)) if (alive(pid)) process.kill(pid, 'SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
+    if (d.proc.exitCode === null && d.proc.signalCode === null) d.proc.kill('SIGKILL');
+    await d.exited;
+    for (const pid of pidsOf(d.logs)) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    rmSync(d.dir, { recursive: true, force: true });
   });
-  await Promise.race([
-    until('nccld serving', () => logs.some((l) => l.msg === 'nccld serving'), 20_000),
-    exited.then(({ code }) => Promise.reject(new Error(`nccld exited with ${code} before serving: ${stderr}`))),
-  ]);
-  return { proc, socket, debugSocket, logs, exited, devicePids: () => pidsOf(logs) };
+  return { ...d, devicePids: () => pidsOf(d.logs) };
 }
 
 function pidsOf(logs: Log[]): number[] {
   return logs.filter((l) => l.msg === 'device process forked' && typeof l.devicePid === 'number').map((l) => l.devicePid as number);
-}
-
-/**
- * A debug connection opened before the descriptors run out (a new one could not be accepted
- * then): keepalive, JSON answers, one command at a time.
- */
-async function debugSession(t: Test, socketPath: string) {
-  const s = net.connect(socketPath);
-  await new Promise<void>((resolve, reject) => s.once('connect', resolve).once('error', reject));
-  t.teardown(() => void s.destroy());
-  s.setEncoding('utf8');
-  const waiting: ((v: { ok: boolean; result?: unknown; error?: string }) => void)[] = [];
-  let buf = '';
-  s.on('data', (c: string) => {
-    buf += c;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (line.startsWith('{')) waiting.shift()?.(JSON.parse(line));
-    }
-  });
-  const raw = (line: string) =>
-    new Promise<{ ok: boolean; result?: unknown; error?: string }>((resolve) => {
-      waiting.push(resolve);
-      s.write(`${line}\n`);
-    });
-  await raw('format json');
-  await raw('keepalive');
-  return async <T = Record<string, any>>(line: string): Promise<T> => {
-    const r = await raw(line);
-    if (!r.ok) throw new Error(`debug ${line}: ${r.error}`);
-    return r.result as T;
-  };
 }
 
 interface Conn {
@@ -189,13 +117,11 @@ async function servedToGood(debug: <T>(line: string) => Promise<T>): Promise<num
 async function setUp(t: Test, args: string[]) {
   const d = await startLimitedDaemon(t, FD_LIMIT, ['--max-connections', String(FD_LIMIT * 4), '--hello-timeout-ms', '600000', ...args]);
   const good: GoodClient = await startGoodClient(d.socket, { count: 4096, timeoutMs: 20_000 });
-  let goodStopped = false;
-  t.teardown(async () => {
-    if (!goodStopped) await good.stop();
-  });
+  t.teardown(() => good.stop());
+  // Opened before the descriptors run out: a new debug connection could not be accepted then.
   const debug = await debugSession(t, d.debugSocket);
   await until('the good client to be served', async () => (await servedToGood(debug)) >= 20);
-  const fdsBefore = fdCount(d.proc.pid!);
+  const fdsBefore = fdCount(d.proc.pid!); // bash exec'd the daemon: its pid is the one spawned
   const { idle, refused } = await exhaustDescriptors(d.socket);
   t.teardown(() => idle.forEach((c) => c.socket.destroy()));
   checkRefusals(t, refused);
@@ -206,16 +132,8 @@ async function setUp(t: Test, args: string[]) {
   const rank0 = status.ranks[0].pid as number;
   const killedAt = Date.now();
   process.kill(rank0, 'SIGKILL');
-  const stopGood = async () => {
-    goodStopped = true;
-    return good.stop();
-  };
+  const stopGood = () => good.stop();
   return { d, debug, idle, rank0, killedAt, stopGood, fdsBefore };
-}
-
-/** Descriptors the daemon holds now (bash exec'd it: its pid is the one spawned). */
-function fdCount(pid: number): number {
-  return readdirSync(`/proc/${pid}/fd`).length;
 }
 
 /** Every failed attempt names the spawn error; consecutive attempts are at least the backoff apart. */

@@ -10,22 +10,9 @@ import t from 'tap';
 import fs from 'node:fs';
 import { connect, ErrorCodes, HostBuffer, type Client } from '../../dist/client/index.js';
 import { native, type ShmSegment } from '../../dist/shared/native.js';
-import { alive, debugCommand, startDaemon, until } from '../helpers/daemon.js';
+import { alive, startDaemon, until } from '../helpers/daemon.js';
 import { startGoodClient } from '../helpers/good-client.js';
-
-interface Status {
-  world: { state: string; rebuilds: number };
-  registeredBuffers: number;
-  ranks: { pid: number }[];
-}
-
-async function debugJson<T>(socket: string, command: string): Promise<T> {
-  const out = await debugCommand(socket, 'format json', command);
-  const docs = out.trim().split('\n').map((l) => JSON.parse(l) as { ok: boolean; command: string; result: T; error?: string });
-  const doc = docs.find((x) => x.command === command.split(' ')[0]);
-  if (!doc?.ok) throw new Error(`debug ${command}: ${doc?.error ?? out}`);
-  return doc.result;
-}
+import { debugJson, memfdLinks, status } from '../helpers/inspect.js';
 
 /** Lines of /proc/<pid>/maps that map a memfd whose name contains `name`. */
 function mapLines(pid: number, name: string): number {
@@ -33,20 +20,6 @@ function mapLines(pid: number, name: string): number {
     .readFileSync(`/proc/${pid}/maps`, 'utf8')
     .split('\n')
     .filter((l) => l.includes('memfd:') && l.includes(name)).length;
-}
-
-/** Descriptors of `pid` that are memfds (whose name contains `name`, if given). */
-function memfdFds(pid: number, name = ''): number {
-  let n = 0;
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const link = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-      if (link.includes('memfd:') && link.includes(name)) n++;
-    } catch {
-      // closed meanwhile
-    }
-  }
-  return n;
 }
 
 /** A second mapping of a HostBuffer's memory, from a dup of its descriptor, to read it after free(). */
@@ -72,14 +45,11 @@ t.test('a result always means the registered memory was reduced', async (t) => {
   const d = await startDaemon(['--backend', 'host', '--ranks', '2']);
   t.teardown(() => d.stop());
   const good = await startGoodClient(d.socket);
-  let goodStopped = false;
-  t.teardown(async () => {
-    if (!goodStopped) await good.stop();
-  });
+  t.teardown(() => good.stop());
   const c: Client = await connect(d.socket, { name: 'reuser' });
   t.teardown(() => c.close());
-  await until('the good client registered its buffers', async () => (await debugJson<Status>(d.debugSocket, 'status')).registeredBuffers >= 2);
-  const pids = (await debugJson<Status>(d.debugSocket, 'status')).ranks.map((r) => r.pid);
+  await until('the good client registered its buffers', async () => (await status(d.debugSocket)).registeredBuffers >= 2);
+  const pids = (await status(d.debugSocket)).ranks.map((r) => r.pid!);
   const readers: ShmSegment[] = [];
   t.teardown(() => readers.forEach((s) => s.close()));
   let hA: number[] = [];
@@ -161,8 +131,15 @@ t.test('a result always means the registered memory was reduced', async (t) => {
   await t.test('release lets go of the memory in the device processes and the daemon, without a disconnect', async (t) => {
     const daemonPid = d.proc.pid!;
     const mapped = async () => (await debugJson<{ mapped: number }[]>(d.debugSocket, 'buffers')).map((s) => s.mapped);
-    const base = await mapped();
-    const memfdsBefore = memfdFds(daemonPid);
+    // The earlier subtest's client may still be letting go of its buffers: start from steady counts.
+    let base = await mapped();
+    for (let steady = 0; steady < 3; ) {
+      await new Promise((r) => setTimeout(r, 100));
+      const now = await mapped();
+      steady = JSON.stringify(now) === JSON.stringify(base) ? steady + 1 : 0;
+      base = now;
+    }
+    const memfdsBefore = memfdLinks(daemonPid);
     const M = [HostBuffer.alloc(bytes), HostBuffer.alloc(bytes)];
     const names = M.map((b) => b.name);
     M[0].view('f32').fill(1);
@@ -174,9 +151,9 @@ t.test('a result always means the registered memory was reduced', async (t) => {
     t.same(await mapped(), base.map((n) => n + 2), 'registered: each rank maps both buffers');
     for (const pid of pids) {
       t.ok(names.every((n) => mapLines(pid, n) >= 1), `rank pid ${pid}'s maps list both memfds`);
-      t.equal(memfdFds(pid, 'nccld-'), 0, `rank pid ${pid} holds no memfd descriptor (mapping kept, descriptor closed)`);
+      t.equal(memfdLinks(pid, 'nccld-'), 0, `rank pid ${pid} holds no memfd descriptor (mapping kept, descriptor closed)`);
     }
-    t.equal(memfdFds(daemonPid) - memfdsBefore, 2, 'the daemon holds one descriptor per buffer');
+    t.equal(memfdLinks(daemonPid) - memfdsBefore, 2, 'the daemon holds one descriptor per buffer');
 
     // Released while a collective on them runs: the collective ends, then they go.
     const run = c.allReduce({ buffers: hM, dtype: 'f32', op: 'sum', count, timeoutMs: 20_000 });
@@ -187,8 +164,8 @@ t.test('a result always means the registered memory was reduced', async (t) => {
     // The release is answered once every rank has let go: nothing to wait for after it.
     t.same(await mapped(), base, 'debug socket buffers: mapped back to what it was');
     for (const pid of pids) t.ok(names.every((n) => mapLines(pid, n) === 0), `rank pid ${pid}'s maps no longer list them`);
-    t.equal(memfdFds(daemonPid, names[0]) + memfdFds(daemonPid, names[1]), 0, 'the daemon closed its descriptors of them');
-    t.equal(memfdFds(daemonPid), memfdsBefore, 'the daemon holds as many memfds as before');
+    t.equal(memfdLinks(daemonPid, names[0]) + memfdLinks(daemonPid, names[1]), 0, 'the daemon closed its descriptors of them');
+    t.equal(memfdLinks(daemonPid), memfdsBefore, 'the daemon holds as many memfds as before');
     t.equal(mapLines(daemonPid, 'nccld-'), 0, 'the daemon itself never maps client memory');
 
     // Still connected and served.
@@ -202,12 +179,11 @@ t.test('a result always means the registered memory was reduced', async (t) => {
   });
 
   const report = await good.stop();
-  goodStopped = true;
   t.comment(`good client: ${report.ok} ok, p50 ${report.p50.toFixed(2)} ms, p99 ${report.p99.toFixed(2)} ms, errors ${JSON.stringify(report.errors)}`);
   t.ok(report.ok > 10, `the good client was served throughout (${report.ok} collectives)`);
   t.equal(report.wrong, 0, 'every one of its results was right');
   t.same(report.errors, {}, 'and it saw no error');
-  const end = await debugJson<Status>(d.debugSocket, 'status');
+  const end = await status(d.debugSocket);
   t.equal(end.world.state, 'ready');
   t.equal(end.world.rebuilds, 0, 'no rebuild');
   t.same(end.ranks.map((r) => r.pid), pids, 'the same device processes');

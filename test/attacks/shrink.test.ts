@@ -12,51 +12,9 @@ import { spawnSync, execFileSync } from 'node:child_process';
 import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { connect, ErrorCodes, HostBuffer, type Client } from '../../dist/client/index.js';
 import { native, type ShmSegment } from '../../dist/shared/native.js';
-import { alive, debugCommand, startDaemon, until } from '../helpers/daemon.js';
+import { alive, startDaemon, until } from '../helpers/daemon.js';
 import { startGoodClient } from '../helpers/good-client.js';
-
-interface Status {
-  world: { state: string; rebuilds: number; generation: number };
-  registeredBuffers: number;
-  ranks: { pid: number; state: string }[];
-}
-
-/** One debug command, answered as JSON. */
-async function debugJson<T>(socket: string, command: string): Promise<T> {
-  const out = await debugCommand(socket, 'format json', command);
-  const docs = out.trim().split('\n').map((l) => JSON.parse(l) as { ok: boolean; command: string; result: T; error?: string });
-  const doc = docs.find((x) => x.command === command.split(' ')[0]);
-  if (!doc?.ok) throw new Error(`debug ${command}: ${doc?.error ?? out}`);
-  return doc.result;
-}
-
-const fdCount = (pid: number) => fs.readdirSync(`/proc/${pid}/fd`).length;
-
-/** A process's descriptor count once nothing is closing (a debug connection, say): the same for 400 ms. */
-async function quietFdCount(pid: number): Promise<number> {
-  let last = fs.readdirSync(`/proc/${pid}/fd`).length;
-  for (let stable = 0; stable < 4; ) {
-    await new Promise((r) => setTimeout(r, 100));
-    const n = fs.readdirSync(`/proc/${pid}/fd`).length;
-    stable = n === last ? stable + 1 : 0;
-    last = n;
-  }
-  return last;
-}
-
-/** The descriptors of `pid` that are memfds whose name contains `name`. */
-function memfdLinks(pid: number, name: string): number {
-  let n = 0;
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const link = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-      if (link.includes('memfd:') && link.includes(name)) n++;
-    } catch {
-      // closed meanwhile
-    }
-  }
-  return n;
-}
+import { debugJson, fdCount, memfdLinks, quietFdCount, status } from '../helpers/inspect.js';
 
 const MiB = 1 << 20;
 
@@ -65,16 +23,13 @@ t.test('buffers that could shrink are refused; a sealed one cannot be shrunk und
   t.teardown(() => d.stop());
   const daemonPid = d.proc.pid!;
   const good = await startGoodClient(d.socket);
-  let goodStopped = false;
-  t.teardown(async () => {
-    if (!goodStopped) await good.stop();
-  });
+  t.teardown(() => good.stop());
   const attacker: Client = await connect(d.socket, { name: 'shrinker' });
   t.teardown(() => attacker.close());
   // The good client has registered its buffers once its first collective ran.
-  await until('the good client registered its buffers', async () => (await debugJson<Status>(d.debugSocket, 'status')).registeredBuffers >= 2);
-  const start = await debugJson<Status>(d.debugSocket, 'status');
-  const pids = start.ranks.map((r) => r.pid);
+  await until('the good client registered its buffers', async () => (await status(d.debugSocket)).registeredBuffers >= 2);
+  const start = await status(d.debugSocket);
+  const pids = start.ranks.map((r) => r.pid!);
   t.equal(start.world.state, 'ready');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'nccld-shrink-'));
   t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -134,7 +89,7 @@ t.test('buffers that could shrink are refused; a sealed one cannot be shrunk und
     // Every refused descriptor was closed by the daemon: nothing piles up there.
     await until('the daemon closed every refused descriptor', () => fdCount(daemonPid) <= fdsBefore, 5_000).catch(() => {});
     t.ok(fdCount(daemonPid) <= fdsBefore, `the daemon holds no more descriptors than before (${fdCount(daemonPid)}, ${fdsBefore} before)`);
-    const s = await debugJson<Status>(d.debugSocket, 'status');
+    const s = await status(d.debugSocket);
     t.equal(s.registeredBuffers, start.registeredBuffers, 'nothing was registered');
   });
 
@@ -215,7 +170,7 @@ t.test('buffers that could shrink are refused; a sealed one cannot be shrunk und
     t.equal(wrong, 0, 'every result was right');
     t.equal(native.fdInfo(fds[0]).size, bytes, 'the memfd kept its size');
 
-    const s = await debugJson<Status>(d.debugSocket, 'status');
+    const s = await status(d.debugSocket);
     t.same(s.ranks.map((r) => r.pid), pids, 'the same device processes: none died');
     t.ok(pids.every(alive), 'and all of them are alive');
     t.equal(s.world.state, 'ready');
@@ -266,19 +221,18 @@ t.test('buffers that could shrink are refused; a sealed one cannot be shrunk und
     t.equal(wrong, 0, 'the result is in the memory registered, though the client had freed it');
     await attacker.release(numbers);
 
-    const s = await debugJson<Status>(d.debugSocket, 'status');
+    const s = await status(d.debugSocket);
     t.same(s.ranks.map((r) => r.pid), pids, 'the same device processes: none died');
     t.equal(s.world.state, 'ready');
     t.equal(s.world.rebuilds, 0, 'no rebuild');
   });
 
   const report = await good.stop();
-  goodStopped = true;
   t.comment(`good client: ${report.ok} ok, p50 ${report.p50.toFixed(2)} ms, p99 ${report.p99.toFixed(2)} ms, errors ${JSON.stringify(report.errors)}`);
   t.ok(report.ok > 10, `the good client was served throughout (${report.ok} collectives)`);
   t.equal(report.wrong, 0, 'every one of its results was right');
   t.same(report.errors, {}, 'and it saw no error');
-  const end = await debugJson<Status>(d.debugSocket, 'status');
+  const end = await status(d.debugSocket);
   t.equal(end.world.state, 'ready', 'the world is ready');
   t.equal(end.world.rebuilds, 0, 'and was never rebuilt');
   t.same(end.ranks.map((r) => r.pid), pids, 'with the device processes it started with');

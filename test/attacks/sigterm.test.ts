@@ -7,21 +7,11 @@ import t, { type Test } from 'tap';
 import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { connect, type Client } from '../../dist/client/index.js';
-import type { DaemonStatus } from '../../dist/daemon/status.js';
-import type { OpRecord } from '../../dist/daemon/flight-recorder.js';
 import { alive, debugCommand, devicePids, startDaemon, until, type RunningDaemon } from '../helpers/daemon.js';
 import { allocFilled } from '../helpers/buffers.js';
 import { startGoodClient, type GoodReport } from '../helpers/good-client.js';
+import { ops, status } from '../helpers/inspect.js';
 import { rawConnect } from '../helpers/raw.js';
-
-async function debugJson<T>(debugSocket: string, command: string): Promise<T> {
-  const lines = (await debugCommand(debugSocket, 'format json', command)).trim().split('\n');
-  const answer = JSON.parse(lines[lines.length - 1]) as { ok: boolean; result: T; error?: string };
-  if (!answer.ok) throw new Error(`${command}: ${answer.error}`);
-  return answer.result;
-}
-const status = (debugSocket: string) => debugJson<DaemonStatus>(debugSocket, 'status');
-const ops = (debugSocket: string, n = 0) => debugJson<{ inFlight: OpRecord[]; recent: OpRecord[] }>(debugSocket, `ops ${n}`);
 
 /** Every device process the daemon ever forked, from its logs. */
 const forkedPids = (d: RunningDaemon) => d.logs.filter((l) => l.msg === 'device process forked').map((l) => l.devicePid as number);
@@ -172,7 +162,7 @@ async function stuckCollective(d: RunningDaemon, client: Client, set: ReturnType
     (e: { code: string; message: string }) => e,
   );
   await until('the collective to be stuck on rank 1', async () =>
-    (await ops(d.debugSocket)).inFlight.some((o) => o.clientName === 'stuck' && o.state === 'running' && o.ranks[0] === 'done' && o.ranks[1] === 'pending'),
+    (await ops(d.debugSocket, 0)).inFlight.some((o) => o.clientName === 'stuck' && o.state === 'running' && o.ranks[0] === 'done' && o.ranks[1] === 'pending'),
   );
   return { reply }; // wrapped: an async function returning a promise would wait for it
 }

@@ -8,38 +8,19 @@
 // not slow the well-behaved client, which runs in this process), while the daemon's RSS is
 // sampled from /proc. Bounds asserted: the daemon's RSS grows by less than 64 MiB during any attack.
 import t, { type Test } from 'tap';
-import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { connect, ErrorCodes, HostBuffer } from '../../dist/client/index.js';
 import { encodeFrame } from '../../dist/shared/framing.js';
+import { runForReport } from '../helpers/child.js';
 import { alive, debugCommand, ROOT, startDaemon, until } from '../helpers/daemon.js';
 import { startGoodClient, type GoodReport } from '../helpers/good-client.js';
+import { debugJson, rss, status } from '../helpers/inspect.js';
 import { rawConnect } from '../helpers/raw.js';
-
-interface Status {
-  world: { state: string; rebuilds: number };
-  ranks: { pid: number }[];
-}
-
-async function debugJson<T>(socket: string, command: string): Promise<T> {
-  const out = await debugCommand(socket, 'format json', command);
-  const docs = out.trim().split('\n').map((l) => JSON.parse(l) as { ok: boolean; command: string; result: T; error?: string });
-  const doc = docs.find((x) => x.command === command.split(' ')[0]);
-  if (!doc?.ok) throw new Error(`debug ${command}: ${doc?.error ?? out}`);
-  return doc.result;
-}
 
 const MiB = 1 << 20;
 const RSS_BOUND = 64 * MiB;
-
-/** VmRSS of `pid`, in bytes. */
-function rss(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) * 1024 : NaN;
-}
 
 /** Samples a process's RSS every 50 ms until stopped; the peak and the last sample. */
 function sampleRss(pid: number) {
@@ -65,23 +46,7 @@ const clientUrl = JSON.stringify(pathToFileURL(path.join(ROOT, 'dist/client/inde
 
 /** Runs an attacker script (ESM source) as a child process; resolves with the JSON it prints last. */
 function runAttacker<T>(source: string, env: Record<string, string>): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, ['--input-type=module', '-e', source], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    proc.stdout.on('data', (c) => (out += c));
-    proc.stderr.on('data', (c) => (err += c));
-    const kill = setTimeout(() => proc.kill('SIGKILL'), 60_000);
-    proc.once('exit', (code) => {
-      clearTimeout(kill);
-      const last = out.trim().split('\n').pop() ?? '';
-      try {
-        resolve(JSON.parse(last) as T);
-      } catch {
-        reject(new Error(`attacker exited ${code} without a report: ${out.slice(-500)} ${err.slice(-2000)}`));
-      }
-    });
-  });
+  return runForReport<T>('attacker', ['--input-type=module', '-e', source], { env, timeoutMs: 60_000 });
 }
 
 /** Debug-socket round trips back to back, until stopped: how responsive the daemon's event loop stays. */
@@ -212,7 +177,7 @@ t.test('clients that do not read, pipeline, or park half frames cannot grow the 
   ]);
   t.teardown(() => d.stop());
   const daemonPid = d.proc.pid!;
-  const pids = (await debugJson<Status>(d.debugSocket, 'status')).ranks.map((r) => r.pid);
+  const pids = (await status(d.debugSocket)).ranks.map((r) => r.pid!);
   // Also warms the daemon up: its heap grows to its working size (~+60 MiB) in the first seconds
   // of load, attack or not; RSS is compared from there.
   const quiet = await baseline(d.socket, 4_000);
@@ -417,7 +382,7 @@ t.test('clients that do not read, pipeline, or park half frames cannot grow the 
     t.pass('the daemon closed the connection');
   });
 
-  const end = await debugJson<Status>(d.debugSocket, 'status');
+  const end = await status(d.debugSocket);
   t.equal(end.world.state, 'ready', 'the world is ready');
   t.equal(end.world.rebuilds, 0, 'and was never rebuilt');
   t.same(end.ranks.map((r) => r.pid), pids, 'with its first device processes');

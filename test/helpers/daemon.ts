@@ -28,13 +28,21 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Socket paths to use instead of fresh ones in a private directory. */
   paths?: { socket: string; debugSocket: string };
+  /**
+   * Shell commands (bash) to run before the daemon, which bash then execs: for what only a
+   * shell sets, e.g. `ulimit -n 64` (soft and hard: the daemon raises its soft limit to the
+   * hard one). The daemon keeps the spawned pid.
+   */
+  shell?: string;
 }
 
 export async function startDaemon(args: string[] = [], opts: StartOptions = {}): Promise<RunningDaemon> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'nccld-test-'));
   const socket = opts.paths?.socket ?? path.join(dir, 'api.sock');
   const debugSocket = opts.paths?.debugSocket ?? path.join(dir, 'debug.sock');
-  const proc = spawn(process.execPath, [NCCLD, '--socket', socket, '--debug-socket', debugSocket, ...args], {
+  const node = [process.execPath, NCCLD, '--socket', socket, '--debug-socket', debugSocket, ...args];
+  const [file, ...argv] = opts.shell === undefined ? node : ['/bin/bash', '-c', `${opts.shell} && exec "$0" "$@"`, ...node];
+  const proc = spawn(file, argv, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
   });

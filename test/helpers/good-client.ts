@@ -17,7 +17,10 @@ export interface GoodReport {
 
 export interface GoodClient {
   client: Client;
-  /** Stops the loop after the request in flight and resolves with what it saw. */
+  /**
+   * Stops the loop after the request in flight and resolves with what it saw. Idempotent (a
+   * later call gets the same report), so a test may stop it itself and in its teardown both.
+   */
   stop(): Promise<GoodReport>;
 }
 
@@ -47,17 +50,19 @@ export async function startGoodClient(socket: string, opts: { count?: number; ti
       if (opts.pauseMs) await new Promise((r) => setTimeout(r, opts.pauseMs));
     }
   })();
+  let stopped: Promise<GoodReport> | undefined;
   return {
     client,
-    async stop() {
-      running = false;
-      await loop;
-      await client.close().catch(() => {});
-      for (const b of slot.buffers) b.free();
-      const sorted = [...report.latencies].sort((a, b) => a - b);
-      report.p50 = sorted[Math.floor(sorted.length / 2)] ?? NaN;
-      report.p99 = sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))] ?? NaN;
-      return report;
-    },
+    stop: () =>
+      (stopped ??= (async () => {
+        running = false;
+        await loop;
+        await client.close().catch(() => {});
+        for (const b of slot.buffers) b.free();
+        const sorted = [...report.latencies].sort((a, b) => a - b);
+        report.p50 = sorted[Math.floor(sorted.length / 2)] ?? NaN;
+        report.p99 = sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))] ?? NaN;
+        return report;
+      })()),
   };
 }
