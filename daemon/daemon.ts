@@ -143,7 +143,8 @@ export class Daemon {
     for (const r of this.world.ranks) r.send({ t: 'logLevel', level });
   }
 
-  inject(rank: number, fault: string): string {
+  /** Resolves once the device process has taken the fault, so the next collective surely meets it. */
+  async inject(rank: number, fault: string): Promise<string> {
     if (!this.cfg.faultInjection) throw new Error('fault injection is off; start nccld with --enable-fault-injection');
     const r = this.world.ranks[rank];
     if (!r) throw new Error(`no rank ${rank}; the world has ${this.world.size}`);
@@ -151,11 +152,11 @@ export class Daemon {
       case 'crash':
       case 'hang':
       case 'fail':
-        r.send({ t: 'inject', fault });
+        await r.call({ t: 'inject', fault });
         return `rank ${rank}: the next collective will ${fault === 'fail' ? 'fail' : fault}`;
       case 'crash-loop':
         r.startFault = 'crash';
-        r.send({ t: 'inject', fault: 'crash' });
+        await r.call({ t: 'inject', fault: 'crash' });
         return `rank ${rank}: crashes at its next collective and at every restart, until 'inject ${rank} clear'`;
       case 'clear':
         r.startFault = null;

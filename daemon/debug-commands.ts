@@ -127,7 +127,7 @@ export class DebugCommands {
       case 'inject': {
         const [rank, fault] = args;
         if (!/^\d+$/.test(rank ?? '') || !fault) throw new Error('usage: inject <rank> crash|hang|fail|crash-loop|clear');
-        const result = d.inject(Number(rank), fault);
+        const result = await d.inject(Number(rank), fault);
         return { lines: [result], data: { result } };
       }
       default:

@@ -3,12 +3,16 @@
 // waits on a dead rank. Besides Node's fork channel it holds a Unix seqpacket pair over which
 // memfds travel (SCM_RIGHTS): Node's channel cannot carry plain file descriptors.
 import { fork, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
-import { native } from '../shared/native.js';
+import { native, type RankRing } from '../shared/native.js';
 import type { Logger } from './logger.js';
 import type { Backend, CallMessage, DoneMessage, FromDevice, RunMessage, ToDevice, WireError } from './device/messages.js';
+import { RING_TAG } from './device/messages.js';
+import type { Collective } from './collective.js';
+import { DTYPES, REDUCE_OPS } from '../shared/dtypes.js';
 import { wireResourceError as resourceError } from './device/wire.js';
 
 function fromWire(e: WireError, rank: number): NccldError {
@@ -16,6 +20,32 @@ function fromWire(e: WireError, rank: number): NccldError {
 }
 
 const DEVICE_ENTRY = fileURLToPath(new URL('./device/main.js', import.meta.url));
+
+/** Descriptors held in reserve for fork() (see start()). */
+const SPARE_FDS = 6;
+const spareFds: number[] = [];
+
+function takeSpareFds(): void {
+  try {
+    while (spareFds.length < SPARE_FDS) spareFds.push(openSync('/dev/null', 'r'));
+  } catch {
+    // fewer in reserve until descriptors are free again
+  }
+}
+
+function releaseSpareFds(): void {
+  for (const fd of spareFds.splice(0)) closeSync(fd);
+}
+
+takeSpareFds();
+/** What a ring completion's code says; the worker posts codes only. */
+const RING_FAILURES: Record<string, string> = {
+  [ErrorCodes.NO_SUCH_BUFFER]: 'named a buffer this rank has not mapped',
+  [ErrorCodes.BUFFER_TOO_SMALL]: 'ran past the end of a buffer on this rank',
+  [ErrorCodes.BAD_ALIGNMENT]: 'had an offset that is not a multiple of the element size',
+};
+/** Collectives a host rank's ring holds; the host backend runs one at a time, so this is ample. */
+const RING_CAPACITY = 1024;
 /** The fork channel's message for a file descriptor: retried while the seqpacket queue is full. */
 const FD_RETRY_MS = 5;
 
@@ -52,6 +82,11 @@ export class RankProcess extends EventEmitter {
   private fdSocket = -1;
   private readonly pending = new Map<number, Done>();
   private runBox: RunMessage[] = [];
+  /** Host backend: the shared-memory ring collectives go through (null until attached, and on nccl). */
+  private ring: RankRing | null = null;
+  /** Reused for every submission: one entry per rank. */
+  private readonly slotIds: Uint32Array;
+  private readonly slotOffsets: Float64Array;
   private readonly calls = new Map<number, Settle>();
   private nextCall = 1;
   /** Memfds waiting for room in the fd channel, in order, each with the map call that follows it. */
@@ -68,6 +103,8 @@ export class RankProcess extends EventEmitter {
     this.rank = opts.rank;
     this.device = opts.device;
     this.log = opts.logger.child({ rank: opts.rank });
+    this.slotIds = new Uint32Array(opts.nranks);
+    this.slotOffsets = new Float64Array(opts.nranks);
   }
 
   /** Faults to put into this rank's device processes (tests and drills; off unless enabled). */
@@ -96,12 +133,19 @@ export class RankProcess extends EventEmitter {
       delete env.LISTEN_PID;
       delete env.LISTEN_FDNAMES;
       delete env.NOTIFY_SOCKET;
-      child = fork(DEVICE_ENTRY, [], {
-        serialization: 'advanced',
-        // fd 3: Node's channel; fd FD_CHANNEL (4): the seqpacket end for memfds.
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc', pair[1]],
-        env,
-      });
+      // Node leaks its channel's socket pair when a fork fails for lack of descriptors: give the
+      // fork the few it needs from a reserve, so a shortage fails our own calls instead.
+      releaseSpareFds();
+      try {
+        child = fork(DEVICE_ENTRY, [], {
+          serialization: 'advanced',
+          // fd 3: Node's channel; fd FD_CHANNEL (4): the seqpacket end for memfds.
+          stdio: ['ignore', 'inherit', 'inherit', 'ipc', pair[1]],
+          env,
+        });
+      } finally {
+        takeSpareFds();
+      }
     } catch (err) {
       native.closeFd(pair[0]);
       native.closeFd(pair[1]);
@@ -169,16 +213,71 @@ export class RankProcess extends EventEmitter {
     return exited;
   }
 
-  /** Runs one collective on this rank; `done` is called once, when the rank has finished it or died. */
-  run(job: RunMessage, done: Done): void {
+  /**
+   * Runs one collective on this rank; `done` is called once, when the rank has finished it or died.
+   * Host ranks take it from their shared-memory ring (every rank's buffer: each reduces a slice
+   * across all of them); NCCL ranks from the fork channel (their own buffer only).
+   */
+  run(c: Collective, done: Done): void {
     if (this.state !== 'ready') {
       const err = new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`);
       process.nextTick(done, err); // never re-enter the caller's loop over the ranks
       return;
     }
-    this.pending.set(job.seq, done);
-    this.runBox.push(job);
+    const ring = this.ring;
+    if (ring) {
+      const n = c.slots.length;
+      for (let i = 0; i < n; i++) {
+        this.slotIds[i] = c.slots[i].reg.id;
+        this.slotOffsets[i] = c.slots[i].offset;
+      }
+      const ids = n === this.slotIds.length ? this.slotIds : this.slotIds.subarray(0, n);
+      const offsets = n === this.slotOffsets.length ? this.slotOffsets : this.slotOffsets.subarray(0, n);
+      if (!ring.submit(c.seq, 0, DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, ids, offsets)) {
+        process.nextTick(done, new NccldError(ErrorCodes.BUSY, `rank ${this.rank}'s ring is full`));
+        return;
+      }
+      this.pending.set(c.seq, done);
+      return;
+    }
+    const slot = c.slots[this.rank];
+    this.pending.set(c.seq, done);
+    this.runBox.push({ t: 'run', seq: c.seq, kind: c.kind, dtype: c.dtype, op: c.op, count: c.count, buffers: [{ id: slot.reg.id, offset: slot.offset }] });
     if (this.runBox.length === 1) setImmediate(this.flushRuns);
+  }
+
+  /** Completions from the ring: everything posted since the last wake. */
+  private readonly onRingComplete = (seqs: Float64Array, codes: Int32Array): void => {
+    for (let i = 0; i < seqs.length; i++) {
+      const code = codes[i];
+      if (code === 0) {
+        this.onDone({ t: 'done', seq: seqs[i] });
+        continue;
+      }
+      const wire = native.RANK_RING_CODES[code] ?? ErrorCodes.INTERNAL;
+      const why = RING_FAILURES[wire] ?? 'failed in the rank worker (an internal error, or an injected failure)';
+      this.onDone({ t: 'done', seq: seqs[i], error: { code: wire, message: `collective seq ${seqs[i]} ${why}` } });
+    }
+  };
+
+  /**
+   * Host backend: makes this process's ring (a shared submission and completion ring with two
+   * eventfd doorbells) and hands it over on the fd channel; the device's native worker takes
+   * collectives from it from then on.
+   */
+  private async attachRing(): Promise<void> {
+    const ring = native.RankRing.create(RING_CAPACITY, this.opts.nranks);
+    try {
+      const tag = Buffer.alloc(4);
+      tag.writeUInt32LE(RING_TAG);
+      native.sendFds(this.fdSocket, tag, ring.fds);
+      await this.call({ t: 'ring' });
+    } catch (err) {
+      ring.close();
+      throw resourceError(err, `rank ${this.rank}: cannot attach its ring`);
+    }
+    ring.start(this.onRingComplete);
+    this.ring = ring;
   }
 
   /** The collectives of this turn, in one message: a message each costs a serialization and a wake. */
@@ -291,7 +390,15 @@ export class RankProcess extends EventEmitter {
           return;
         }
         this.state = 'ready';
-        started(null);
+        if (this.opts.backend !== 'host') return started(null);
+        this.attachRing().then(
+          () => started(null),
+          (err: NccldError) => {
+            started(err);
+            this.state = 'killing';
+            this.child?.kill('SIGKILL');
+          },
+        );
         break;
       case 'reply': {
         const c = this.calls.get(msg.call);
@@ -358,6 +465,8 @@ export class RankProcess extends EventEmitter {
     const expected = this.state === 'stopping' || this.state === 'killing';
     this.state = 'exited';
     this.closeFdSocket();
+    this.ring?.close();
+    this.ring = null;
     this.runBox = []; // never to a process started later: their collectives fail below
     if (this.fdTimer) clearTimeout(this.fdTimer);
     this.fdTimer = null;

@@ -10,7 +10,7 @@ import type { Collective } from './collective.js';
 import type { Logger } from './logger.js';
 import { RankProcess } from './rank-process.js';
 import { Registry, type Registration } from './registry.js';
-import type { Backend, RunMessage } from './device/messages.js';
+import type { Backend } from './device/messages.js';
 
 export type WorldState = 'starting' | 'ready' | 'rebuilding' | 'failed' | 'stopping' | 'stopped';
 
@@ -136,20 +136,7 @@ export class World extends EventEmitter {
     c.ranksLeft = n;
     c.rankErrors = new Array(n);
     this.running.add(c);
-    const all = c.slots.map((s) => ({ id: s.reg.id, offset: s.offset }));
-    for (const r of this.ranks) {
-      const msg: RunMessage = {
-        t: 'run',
-        seq: c.seq,
-        kind: c.kind,
-        dtype: c.dtype,
-        op: c.op,
-        count: c.count,
-        // Host ranks each reduce a slice across all buffers; an NCCL rank needs only its own.
-        buffers: this.backend === 'host' ? all : [all[r.rank]],
-      };
-      r.run(msg, (err) => this.rankDone(c, r.rank, err, onEnd));
-    }
+    for (const r of this.ranks) r.run(c, (err) => this.rankDone(c, r.rank, err, onEnd));
   }
 
   private rankDone(c: Collective, rank: number, err: NccldError | null, onEnd: (err: NccldError | null) => void): void {

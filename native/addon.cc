@@ -5,7 +5,9 @@
 #include "gpu/gpu.h"
 #include "parent_death.h"
 #include "peer_credentials.h"
+#include "rank_ring.h"
 #include "reduce_worker.h"
+#include "ring_worker.h"
 #include "sd_notify.h"
 #include "shm_segment.h"
 #include "unix_connection.h"
@@ -17,6 +19,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nccld::UnixConnection::Init(env, exports);
   nccld::InitFdUtils(env, exports);  // memfdCreate, fdInfo, SEALS, sendFds, recvFds...
   nccld::ReduceWorker::Init(env, exports); // reduceSlice, sliceBounds
+  nccld::RankRing::Init(env, exports);     // RankRing, RANK_RING_CODES (daemon side)
+  nccld::RingWorker::Init(env, exports);   // RingWorker (device side)
   nccld::InitPeerCredentials(env, exports);
   nccld::InitParentDeath(env, exports);  // setParentDeathSignal
   nccld::InitSdNotify(env, exports);     // sdNotify

@@ -74,6 +74,86 @@ export interface UnixConnectionClass {
   adopt(fd: number, handlers: UnixConnectionHandlers): UnixConnection;
 }
 
+/**
+ * Daemon side of one rank's shared-memory data plane (host backend): one per rank. A sealed
+ * memfd holds a submission ring and a completion ring; two eventfds are the doorbells.
+ */
+export interface RankRing {
+  /**
+   * [memfd, submitEventfd, completeEventfd]: hand them to the device process (SCM_RIGHTS); they
+   * stay open here until close() (all -1 after it). All three are CLOEXEC.
+   */
+  readonly fds: [number, number, number];
+  /** Records that fit in the submission ring (create's capacity rounded up to a power of two). */
+  readonly capacity: number;
+  /**
+   * Writes one collective record (kind 0 = allreduce) for the device's worker; returns false when
+   * the submission ring is full (nothing written; never blocks, whatever state the device is in).
+   * ids/offsets: one entry per buffer, in rank order (1..maxBuffers, same length; offsets in
+   * bytes). seq: any integer 0..2^53-1, echoed back in the completion. Throws NCCLD_ERR_INVALID_ARG
+   * on malformed arguments (unknown dtype/op, kind != 0...), NCCLD_ERR_CLOSED after close().
+   */
+  submit(
+    seq: number,
+    kind: number,
+    dtype: number,
+    op: number,
+    count: number,
+    ids: Uint32Array,
+    offsets: Float64Array,
+  ): boolean;
+  /**
+   * Starts watching the completion doorbell (uv_poll on the event loop): onComplete is called once
+   * per wake with every completion posted since the last, in the order the worker took the records
+   * (= submission order): seqs[i] finished with codes[i] (0 ok; else an index into
+   * RANK_RING_CODES). The arrays are fresh and the caller's. A started ring keeps itself alive
+   * until close(). Throws if already started or closed. An exception from onComplete goes to
+   * process 'uncaughtException'.
+   */
+  start(onComplete: (seqs: Float64Array, codes: Int32Array) => void): void;
+  /** Stops watching and closes the fds and the mapping. Idempotent; safe inside onComplete. */
+  close(): void;
+}
+
+export interface RankRingClass {
+  /** capacity 1..65536 (rounded up to a power of two), maxBuffers 1..1024; the region at most 64 MiB. */
+  create(capacity: number, maxBuffers: number): RankRing;
+}
+
+/**
+ * Device side: attaches to the rings and runs a worker thread that takes records, reduces this
+ * rank's slice of each (as reduceSlice does) and posts completions.
+ */
+export interface RingWorker {
+  /**
+   * Lets records name buffer `id` (0..2^32-1; replaces an earlier one). The segment's mapping is
+   * kept alive by the worker while it may use it, whatever happens to the segment. The usable size
+   * is fixed now (sealed memfds from fromFd are the safe kind: a POSIX segment truncated later
+   * would SIGBUS this process). Throws NCCLD_ERR_BUFFER_CLOSED for a closed segment,
+   * NCCLD_ERR_CLOSED after stop().
+   */
+  setBuffer(id: number, segment: ShmSegment): void;
+  /** Records taken after this no longer find `id` (one being reduced keeps its mapping). No-op after stop(). */
+  dropBuffer(id: number): void;
+  /**
+   * Fault injection for the next record: 'hang' (the worker stops taking records until
+   * inject(null) or stop), 'fail' (that record completes with NCCLD_ERR_INTERNAL), 'crash'
+   * (SIGKILL of this process when the worker takes it). null disarms.
+   */
+  inject(fault: 'hang' | 'fail' | 'crash' | null): void;
+  /** Stops and joins the thread (a hung worker too), closes its fds and mapping. Idempotent. */
+  stop(): void;
+}
+
+export interface RingWorkerClass {
+  /**
+   * Takes ownership of fds ([memfd, submitEventfd, completeEventfd], as received) at once: they
+   * are closed by stop(), and by attach itself if it throws (unless `fds` is not even an array of
+   * fd numbers). 0 <= rank < nranks.
+   */
+  attach(fds: number[], rank: number, nranks: number): RingWorker;
+}
+
 export interface FdInfo {
   size: number;
   /** F_GET_SEALS, or -1 when the fd is not a sealable memfd. */
@@ -173,6 +253,10 @@ export interface NativeAddon {
     nranks: number,
   ): Promise<void>;
   sliceBounds(count: number, elemSize: number, rank: number, nranks: number): [number, number];
+  RankRing: RankRingClass;
+  RingWorker: RingWorkerClass;
+  /** Completion codes of a RankRing: index 0 'OK', then NCCLD_ERR_* codes. Frozen. */
+  RANK_RING_CODES: readonly string[];
   peerCredentials(fd: number): { pid: number; uid: number; gid: number };
   /** prctl(PR_SET_PDEATHSIG, SIGKILL); false if the parent is already gone. */
   setParentDeathSignal(expectedParentPid: number): boolean;

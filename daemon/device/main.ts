@@ -29,9 +29,9 @@ let nextFault: InjectMessage['fault'] | null = null;
 let log: Logger | undefined;
 let host: HostRank | undefined;
 let nccl: NcclRank | undefined;
-// Host ranks run one collective at a time through this chain (each reads every rank's buffers),
-// and a buffer's mapping is dropped only after the collectives sent before its unmap finished. NCCL ranks
-// hand work to the comm's own ordered queue instead, so they need no chain.
+// Control messages that must not overtake one another (unmap, stop) go through this chain. The
+// daemon unmaps a buffer only once no collective uses it, and the host worker holds a reference
+// to each mapping it reduces, so collectives themselves need no ordering here.
 let chain: Promise<void> = Promise.resolve();
 
 function serially(work: () => Promise<void> | void): void {
@@ -81,10 +81,11 @@ function done(seq: number, work: Promise<void>): Promise<void> {
   );
 }
 
+/** NCCL ranks only: host ranks take collectives from their ring, in native code. */
 function run(msg: RunMessage): void {
   if (nextFault) injectFault(msg);
   else if (nccl) void done(msg.seq, nccl.submit(msg));
-  else serially(() => done(msg.seq, host!.run(msg)));
+  else void done(msg.seq, Promise.reject(new NccldError(ErrorCodes.INTERNAL, 'a host rank got a collective on the fork channel')));
 }
 
 function injectFault(msg: RunMessage): void {
@@ -144,7 +145,10 @@ process.on('message', (raw) => {
       break;
     case 'inject':
       log?.warn({ fault: msg.fault }, 'fault injected for the next collective');
-      nextFault = msg.fault;
+      reply(msg.call, () => (host ? host.inject(msg.fault) : void (nextFault = msg.fault)));
+      break;
+    case 'ring':
+      reply(msg.call, () => host!.attachRing());
       break;
     case 'map':
       reply(msg.call, () => host!.map(msg.id));
@@ -159,7 +163,7 @@ process.on('message', (raw) => {
       reply(msg.call, () => (nccl ? nccl.stats() : { mapped: host?.mappedCount ?? 0 }));
       break;
     case 'unmap':
-      // After every collective already sent: a host rank's chain, an NCCL mapping's user count.
+      // The daemon sends it once no collective uses the buffers; an NCCL mapping also keeps a user count.
       if (nccl) reply(msg.call, () => nccl!.unmap(msg.ids));
       else serially(() => reply(msg.call, () => host?.unmap(msg.ids)));
       break;

@@ -6,6 +6,8 @@ export type Backend = 'host' | 'nccl';
 
 /** The device process's end of the seqpacket pair over which memfds arrive (SCM_RIGHTS). */
 export const FD_CHANNEL = 4;
+/** The fd-channel tag of the ring's descriptors (buffer ids never reach it). */
+export const RING_TAG = 0xffff_ffff;
 
 /** A registered buffer and a byte offset into it, as a rank sees it. */
 export interface RunBuffer {
@@ -36,6 +38,7 @@ export interface AbortMessage {
 /** Daemon → device (fault injection only): what the next collective on this rank does. */
 export interface InjectMessage {
   t: 'inject';
+  call: number;
   fault: 'crash' | 'hang' | 'fail';
 }
 
@@ -97,6 +100,12 @@ export interface StatsRequest {
   call: number;
 }
 
+/** Daemon → device (host): attach the ring whose descriptors wait on the fd channel, tagged RING_TAG. */
+export interface RingMessage {
+  t: 'ring';
+  call: number;
+}
+
 /** Daemon → device: are you alive? (checked before a rebuilt world says it is ready). */
 export interface PingMessage {
   t: 'ping';
@@ -104,7 +113,7 @@ export interface PingMessage {
 }
 
 /** The messages answered with a reply, without their call number (RankProcess adds it). */
-export type CallMessage = Omit<UnmapMessage, 'call'> | Omit<MapMessage, 'call'> | Omit<OpenMessage, 'call'> | Omit<StatsRequest, 'call'> | Omit<PingMessage, 'call'>;
+export type CallMessage = Omit<InjectMessage, 'call'> | Omit<RingMessage, 'call'> | Omit<UnmapMessage, 'call'> | Omit<MapMessage, 'call'> | Omit<OpenMessage, 'call'> | Omit<StatsRequest, 'call'> | Omit<PingMessage, 'call'>;
 
 export interface LogLevelMessage {
   t: 'logLevel';
@@ -126,6 +135,7 @@ export type ToDevice =
   | OpenMessage
   | StatsRequest
   | PingMessage
+  | RingMessage
   | AbortMessage
   | InjectMessage
   | LogLevelMessage

@@ -1,0 +1,155 @@
+// The shared-memory layout of a rank ring: what the daemon (RankRing) and a device process's
+// worker thread (RingWorker) both map. One memfd holds, in order:
+//
+//   Control      header (magic, version, sizes) and the ring indices, each on its own cache line
+//   submission   capacity records of record_size bytes: SubmitHeader, then max_buffers BufferSlots
+//   completion   capacity Completions
+//
+// Both rings are single-producer single-consumer. Indices count records forever (u64, never
+// wrapped); a record lives at index & (capacity - 1). The producer writes the record, then
+// publishes head with a release store; the consumer reads head with an acquire load, reads the
+// record, then frees the slot by publishing tail with a release store.
+//
+//   submission: producer the daemon (sub_head), consumer the worker (sub_tail)
+//   completion: producer the worker (comp_head), consumer the daemon (comp_tail)
+//
+// Doorbells (eventfds, outside the region): the daemon writes the submission eventfd only when
+// worker_sleeping is set; the worker writes the completion eventfd after every batch. No lost
+// wake-up: the daemon stores head, fences (seq_cst), then loads worker_sleeping; the worker
+// stores worker_sleeping = 1, fences (seq_cst), then loads head before blocking. One of the two
+// always sees the other's store.
+//
+// Neither side trusts the other's indices beyond what keeps it memory-safe: an index that
+// claims more than capacity records is clamped; codes are range-checked.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "error_codes.h"
+
+namespace nccld {
+namespace ring {
+
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "ring indices must be lock-free (they live in shared memory)");
+static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t), "an atomic index must be a bare u64");
+
+constexpr uint64_t kMagic = 0x31676e69524c4343ULL;  // "CCLRing1", little-endian
+constexpr uint32_t kVersion = 1;
+constexpr size_t kCacheLine = 64;
+
+// Record kinds (SubmitHeader::kind).
+constexpr uint8_t kKindAllReduce = 0;
+
+// Limits, on both sides.
+constexpr uint32_t kMaxCapacity = 1u << 16;
+constexpr uint32_t kMaxBuffers = 1024;           // nbuf is a u16; far above any real world size
+constexpr uint64_t kMaxRegionBytes = 64u << 20;  // capacity × record size stays reasonable
+
+struct Header {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t capacity;     // a power of two
+  uint32_t record_size;  // bytes per submission record
+  uint32_t max_buffers;  // BufferSlots per submission record
+  uint64_t submit_offset;    // from the start of the region
+  uint64_t complete_offset;  // from the start of the region
+  uint64_t total_size;       // bytes of the region
+  uint8_t reserved[kCacheLine - 48];
+};
+static_assert(sizeof(Header) == kCacheLine, "the header fills one cache line");
+
+// An index alone on its cache line: producer and consumer never false-share.
+struct alignas(kCacheLine) Index {
+  std::atomic<uint64_t> v;
+  uint8_t pad[kCacheLine - sizeof(std::atomic<uint64_t>)];
+};
+static_assert(sizeof(Index) == kCacheLine, "one index per cache line");
+
+struct Control {
+  Header header;
+  Index sub_head;         // written by the daemon
+  Index sub_tail;         // written by the worker
+  Index comp_head;        // written by the worker
+  Index comp_tail;        // written by the daemon
+  Index worker_sleeping;  // 1 while the worker is (about to be) blocked on the submission eventfd
+};
+static_assert(sizeof(Control) == 6 * kCacheLine, "control block layout");
+
+// The fixed 64-byte head of a submission record.
+struct SubmitHeader {
+  uint64_t seq;    // the daemon's id for the collective; echoed in its completion
+  uint64_t count;  // elements
+  uint8_t kind;    // kKindAllReduce
+  uint8_t dtype;   // ncclDataType_t
+  uint8_t op;      // ncclRedOp_t
+  uint8_t pad0;
+  uint16_t nbuf;   // BufferSlots in use, 1..max_buffers, in rank order
+  uint16_t pad1;
+  int32_t root;    // unused for now (rooted collectives)
+  uint32_t comm;   // unused for now (sub-communicators)
+  uint8_t reserved[32];
+};
+static_assert(sizeof(SubmitHeader) == 64, "submission record header is 64 bytes");
+static_assert(offsetof(SubmitHeader, kind) == 16 && offsetof(SubmitHeader, nbuf) == 20 &&
+                  offsetof(SubmitHeader, root) == 24 && offsetof(SubmitHeader, comm) == 28,
+              "submission record header layout");
+
+struct BufferSlot {
+  uint32_t id;
+  uint32_t pad;
+  uint64_t offset;  // bytes
+};
+static_assert(sizeof(BufferSlot) == 16, "buffer slot is 16 bytes");
+
+struct Completion {
+  uint64_t seq;
+  int32_t code;  // index into kCodes
+  uint32_t pad;
+};
+static_assert(sizeof(Completion) == 16, "completion record is 16 bytes");
+
+// Completion codes: what RANK_RING_CODES exports, index for index.
+enum Code : int32_t { kOk, kNoSuchBuffer, kBufferTooSmall, kBadAlignment, kInternal, kBadRequest, kNumCodes };
+constexpr const char* kCodes[kNumCodes] = {"OK",          kErrNoSuchBuffer, kErrBufferTooSmall, kErrBadAlignment,
+                                           kErrInternal,  kErrBadRequest};
+
+// A record: its header then max_buffers slots, rounded up to whole cache lines.
+constexpr uint64_t RecordSize(uint32_t max_buffers) {
+  return (sizeof(SubmitHeader) + uint64_t{max_buffers} * sizeof(BufferSlot) + kCacheLine - 1) / kCacheLine *
+         kCacheLine;
+}
+
+struct Geometry {
+  uint64_t record_size;
+  uint64_t submit_offset;
+  uint64_t complete_offset;
+  uint64_t total_size;
+};
+
+// Offsets and sizes for capacity (a power of two, <= kMaxCapacity) and max_buffers
+// (1..kMaxBuffers): every part starts on a cache line.
+constexpr Geometry Layout(uint32_t capacity, uint32_t max_buffers) {
+  Geometry g{};
+  g.record_size = RecordSize(max_buffers);
+  g.submit_offset = sizeof(Control);
+  g.complete_offset = g.submit_offset + uint64_t{capacity} * g.record_size;
+  uint64_t comp_bytes = uint64_t{capacity} * sizeof(Completion);
+  g.total_size = (g.complete_offset + comp_bytes + kCacheLine - 1) / kCacheLine * kCacheLine;
+  return g;
+}
+
+constexpr bool IsPowerOfTwo(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
+
+// A pause hint for spin loops.
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+}  // namespace ring
+}  // namespace nccld
