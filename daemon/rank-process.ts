@@ -174,10 +174,11 @@ export class RankProcess extends EventEmitter {
         child.kill('SIGKILL');
       }, this.opts.startTimeoutMs);
       // A spawn that fails (EMFILE, EAGAIN, ENOMEM) may never emit 'exit': 'error' settles it.
+      // After EAGAIN a second one follows (EPIPE, the init sent below): that process is over already.
       child.on('error', (err) => {
         this.log.error({ err: err.message }, 'device process error');
         settle(resourceError(err, `rank ${this.rank}: cannot start its device process`));
-        if (child === this.child && child.pid === undefined) this.onExit(null, null);
+        if (child === this.child && child.pid === undefined && this.state !== 'exited') this.onExit(null, null);
       });
       child.once('exit', (code, signal) => {
         settle(new NccldError(ErrorCodes.DEVICE_LOST, `device process of rank ${this.rank} exited (code ${code}, signal ${signal}) before it was ready`));

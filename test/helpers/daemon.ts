@@ -34,6 +34,8 @@ export interface StartOptions {
    * hard one). The daemon keeps the spawned pid.
    */
   shell?: string;
+  /** Runs the daemon (and the shell before it) as this user and group instead: needs root. */
+  user?: { uid: number; gid: number };
 }
 
 export async function startDaemon(args: string[] = [], opts: StartOptions = {}): Promise<RunningDaemon> {
@@ -45,6 +47,7 @@ export async function startDaemon(args: string[] = [], opts: StartOptions = {}):
   const proc = spawn(file, argv, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
+    ...(opts.user ? { uid: opts.user.uid, gid: opts.user.gid } : {}),
   });
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
