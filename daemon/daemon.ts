@@ -2,7 +2,7 @@
 // debug socket, started in that order and stopped in the reverse one.
 import { NCCLD_VERSION } from '../shared/version.js';
 import { native } from '../shared/native.js';
-import { ErrorCodes } from '../shared/errors.js';
+import { ErrorCodes, type NccldError } from '../shared/errors.js';
 import { ApiServer } from './api-server.js';
 import { chooseBackend, gpuVersions } from './backend-select.js';
 import type { Config } from './config.js';
@@ -18,6 +18,11 @@ import { World } from './world.js';
 
 /** NCCL ranks order work on their own streams; this many collectives may be on the ranks at once. */
 const NCCL_WINDOW = 64;
+
+/** A crash fault may fire (on a collective already queued) before its acknowledgement comes back. */
+function crashedAlready(err: NccldError): void {
+  if (err.code !== ErrorCodes.DEVICE_LOST) throw err;
+}
 
 export class Daemon {
   readonly world: World;
@@ -152,11 +157,11 @@ export class Daemon {
       case 'crash':
       case 'hang':
       case 'fail':
-        await r.call({ t: 'inject', fault });
+        await r.call({ t: 'inject', fault }).catch(fault === 'crash' ? crashedAlready : (e) => Promise.reject(e));
         return `rank ${rank}: the next collective will ${fault === 'fail' ? 'fail' : fault}`;
       case 'crash-loop':
         r.startFault = 'crash';
-        await r.call({ t: 'inject', fault: 'crash' });
+        await r.call({ t: 'inject', fault: 'crash' }).catch(crashedAlready);
         return `rank ${rank}: crashes at its next collective and at every restart, until 'inject ${rank} clear'`;
       case 'clear':
         r.startFault = null;

@@ -155,14 +155,16 @@ async function registered(client: Client) {
   return set;
 }
 
-/** Sends a collective on `set` and waits until rank 0 has finished it and rank 1 has not. */
+/** Sends a collective on `set` and waits until it runs and rank 1 has not finished it. */
 async function stuckCollective(d: RunningDaemon, client: Client, set: ReturnType<typeof allocFilled>) {
   const reply = client.allReduce({ buffers: set.buffers, dtype: 'f32', op: 'sum', count: 1000, timeoutMs: 60_000 }).then(
     () => ({ code: 'result', message: '' }),
     (e: { code: string; message: string }) => e,
   );
-  await until('the collective to be stuck on rank 1', async () =>
-    (await ops(d.debugSocket, 0)).inFlight.some((o) => o.clientName === 'stuck' && o.state === 'running' && o.ranks[0] === 'done' && o.ranks[1] === 'pending'),
+  await until(
+    'the collective to be stuck on rank 1',
+    async () => (await ops(d.debugSocket, 0)).inFlight.some((o) => o.clientName === 'stuck' && o.state === 'running' && o.ranks[1] === 'pending'),
+    30_000,
   );
   return { reply }; // wrapped: an async function returning a promise would wait for it
 }
