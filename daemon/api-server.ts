@@ -46,11 +46,6 @@ export class ApiServer {
     return closeUnix(this.server, this.socketPath);
   }
 
-  /** Resolves when every session's collectives and registrations have ended. */
-  async settled(): Promise<void> {
-    await Promise.all([...this.sessions.values()].map((s) => s.settled()));
-  }
-
   /** Closes every session once its replies are out; those still open after `graceMs` are cut. */
   async endSessions(graceMs: number): Promise<void> {
     for (const s of this.sessions.values()) s.end();

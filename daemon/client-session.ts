@@ -70,9 +70,6 @@ export class ClientSession implements CollectiveOwner {
   private helloDone = false;
   /** Ids of requests not yet answered: a second request with one of them is refused. */
   private readonly ids = new Set<number>();
-  /** Collectives and registrations of this connection that have not ended. */
-  private unended = 0;
-  private settledWaiters: (() => void)[] = [];
   private readonly decoder: FrameDecoder;
   private readonly fds: number[] = [];
   /** Replies of this turn, written together. */
@@ -126,12 +123,6 @@ export class ClientSession implements CollectiveOwner {
   /** Reply bytes queued for this client and not yet taken by the kernel. */
   get unreadBytes(): number {
     return this.closed ? 0 : this.conn.writableLength;
-  }
-
-  /** Resolves once every collective and registration of this connection has ended. */
-  settled(): Promise<void> {
-    if (this.unended === 0) return Promise.resolve();
-    return new Promise((resolve) => this.settledWaiters.push(resolve));
   }
 
   /** Closes once the replies queued so far are sent. */
@@ -255,7 +246,6 @@ export class ClientSession implements CollectiveOwner {
     for (const s of slots) s.reg.users++;
     this.ids.add(req.id);
     this.process.unfinished++;
-    this.unended++;
   }
 
   answer(c: Collective, err: NccldError | null): void {
@@ -275,18 +265,13 @@ export class ClientSession implements CollectiveOwner {
   }
 
   private endedOne(): void {
-    this.unended--;
     this.ctx.processes.forgetIfIdle(this.process);
-    if (this.unended === 0 && this.settledWaiters.length > 0) {
-      for (const w of this.settledWaiters.splice(0)) w();
-    }
   }
 
   private startRegister(req: RegisterRequest, fd: number | undefined): void {
     const reg = this.newRegistration(req, fd);
     this.ids.add(req.id);
     this.process.unfinished++;
-    this.unended++;
     this.ctx.world.register(reg, Date.now() + this.ctx.limits.timeoutMs).then(
       (bytes) => {
         reg.bytes = bytes;
@@ -368,7 +353,6 @@ export class ClientSession implements CollectiveOwner {
     // A number named twice is released once.
     const gone = [...new Set(req.buffers)].map((b) => this.releaseReg(this.buffers.get(b)!));
     this.ids.add(req.id);
-    this.unended++;
     void Promise.all(gone).then(() => {
       this.ids.delete(req.id);
       this.send({ type: 'result', id: req.id });

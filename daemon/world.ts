@@ -87,10 +87,6 @@ export class World extends EventEmitter {
     return this.ranks.length;
   }
 
-  get collectivesRunning(): number {
-    return this.running.size;
-  }
-
   /** Starts every device process; ready only when each has said so (no sleeps, no guessing). */
   async start(): Promise<void> {
     const t0 = Date.now();
