@@ -234,7 +234,7 @@ export class ClientSession implements CollectiveOwner {
       }
       return { reg, offset };
     });
-    if (world.backend === 'host') checkNoOverlap(slots, bytes);
+    if (world.traits.ranksShareBuffers) checkNoOverlap(slots, bytes);
     const rec = recorder.queued({ client: this.id, clientName: this.clientName, requestId: req.id, kind: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, bytes });
     const c = new Collective(this, req.id, 'allreduce', req.dtype, req.op, req.count, slots, Date.now() + timeoutMs, rec);
     try {
@@ -305,7 +305,7 @@ export class ClientSession implements CollectiveOwner {
     let kind: 'memfd' | 'ipc';
     let bytes = 0;
     let rank = -1;
-    if (world.backend === 'host') {
+    if (world.traits.registration === 'memfd') {
       if (req.ipc) throw new NccldError(ErrorCodes.WRONG_BACKEND, 'this daemon runs the host backend: register a sealed memfd, not GPU memory');
       if (fd === undefined && this.fdsDropped) {
         throw new NccldError(ErrorCodes.RESOURCE_EXHAUSTED, 'the daemon is out of file descriptors and could not receive the memfd; release buffers or retry later');

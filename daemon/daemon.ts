@@ -16,9 +16,6 @@ import { Notifier, takeListenFds } from './systemd.js';
 import { rankStatus, type DaemonStatus } from './status.js';
 import { World } from './world.js';
 
-/** NCCL ranks order work on their own streams; this many collectives may be on the ranks at once. */
-const NCCL_WINDOW = 64;
-
 /** A crash fault may fire (on a collective already queued) before its acknowledgement comes back. */
 function crashedAlready(err: NccldError): void {
   if (err.code !== ErrorCodes.DEVICE_LOST) throw err;
@@ -58,7 +55,7 @@ export class Daemon {
     this.stats = new Stats(this.world.size);
     this.scheduler = new Scheduler(
       this.world,
-      { window: choice.backend === 'host' ? 1 : NCCL_WINDOW, maxQueued: cfg.maxQueued },
+      { window: this.world.traits.window, maxQueued: cfg.maxQueued },
       this.recorder,
       this.stats,
     );

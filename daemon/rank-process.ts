@@ -14,6 +14,7 @@ import { RING_TAG } from './device/messages.js';
 import type { Collective } from './collective.js';
 import { DTYPES, REDUCE_OPS } from '../shared/dtypes.js';
 import { wireResourceError as resourceError } from './device/wire.js';
+import { BACKENDS } from './backends.js';
 
 function fromWire(e: WireError, rank: number): NccldError {
   return new NccldError(isErrorCode(e.code) ? e.code : ErrorCodes.INTERNAL, `rank ${rank}: ${e.message}`);
@@ -391,7 +392,7 @@ export class RankProcess extends EventEmitter {
           return;
         }
         this.state = 'ready';
-        if (this.opts.backend !== 'host') return started(null);
+        if (!BACKENDS[this.opts.backend].ringTransport) return started(null);
         this.attachRing().then(
           () => started(null),
           (err: NccldError) => {

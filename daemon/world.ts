@@ -11,6 +11,7 @@ import type { Logger } from './logger.js';
 import { RankProcess } from './rank-process.js';
 import { Registry, type Registration } from './registry.js';
 import type { Backend } from './device/messages.js';
+import { BACKENDS, type BackendTraits } from './backends.js';
 
 export type WorldState = 'starting' | 'ready' | 'rebuilding' | 'failed' | 'stopping' | 'stopped';
 
@@ -53,6 +54,7 @@ export class World extends EventEmitter {
   lastBreak: string | null = null;
   readonly ranks: RankProcess[];
   readonly backend: Backend;
+  readonly traits: BackendTraits;
   readonly registry = new Registry();
   /** Registrations waiting for the world to be ready (counted against the daemon-wide limit). */
   registering = 0;
@@ -67,6 +69,7 @@ export class World extends EventEmitter {
   constructor(private readonly opts: WorldOptions) {
     super();
     this.backend = opts.backend;
+    this.traits = BACKENDS[opts.backend];
     this.log = opts.logger;
     this.ranks = opts.devices.map(
       (device, rank) =>
@@ -157,8 +160,7 @@ export class World extends EventEmitter {
     if (failed.length === 0) return null;
     failed.sort((a, b) => rankOfCause(a.error.code) - rankOfCause(b.error.code));
     const cause = failed[0].error;
-    // NCCL ranks that went ahead wait for the ones that failed: partial failure breaks the world.
-    const partial = this.backend === 'nccl' && failed.length < this.size;
+    const partial = this.traits.partialFailureBreaksWorld && failed.length < this.size;
     if (partial || failed.some((f) => BREAKS_WORLD.has(f.error.code))) {
       this.breakWorld(`collective seq ${c.seq} failed: ${cause.message}`, []);
     }
@@ -278,7 +280,7 @@ export class World extends EventEmitter {
       }),
     );
     await this.reinstall(started);
-    if (this.backend === 'nccl') await this.buildComm();
+    if (this.traits.needsCommunicator) await this.buildComm();
     const alive = await Promise.all(this.ranks.map((r) => r.ping(PING_TIMEOUT_MS).catch(() => false)));
     const dead = alive.flatMap((ok, rank) => (ok ? [] : [rank]));
     if (dead.length > 0) throw new NccldError(ErrorCodes.DEVICE_LOST, `rank${dead.length > 1 ? 's' : ''} ${dead.join(', ')} died during the rebuild`);
