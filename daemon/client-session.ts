@@ -235,7 +235,7 @@ export class ClientSession implements CollectiveOwner {
       return { reg, offset };
     });
     if (world.traits.ranksShareBuffers) checkNoOverlap(slots, bytes);
-    const rec = recorder.queued({ client: this.id, clientName: this.clientName, requestId: req.id, kind: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, bytes });
+    const rec = recorder.queued(this.id, this.clientName, req.id, 'allreduce', req.dtype, req.op, req.count, bytes);
     const c = new Collective(this, req.id, 'allreduce', req.dtype, req.op, req.count, slots, Date.now() + timeoutMs, rec);
     try {
       scheduler.submit(c);

@@ -1,5 +1,7 @@
 // The flight recorder: every collective in flight and the last N finished, each with its state on
 // every rank, so a stuck collective shows which rank has not finished (the debug socket's `ops`).
+// It costs the hot path no allocation once warm: finished records sit in a fixed ring, and the one
+// pushed out of it is reused for the next collective.
 export type RankProgress = 'pending' | 'done' | 'failed';
 
 export interface OpRecord {
@@ -23,13 +25,36 @@ export interface OpRecord {
 
 export class FlightRecorder {
   private readonly live = new Set<OpRecord>();
-  private readonly running = new Map<number, OpRecord>();
-  private readonly finished: OpRecord[] = [];
+  /** Finished records, oldest at `next` once the ring has wrapped. */
+  private readonly finished: (OpRecord | undefined)[];
+  private next = 0;
+  /** The record last pushed out of the ring: the next collective's. */
+  private spare: OpRecord | null = null;
 
-  constructor(private readonly capacity = 256) {}
+  constructor(private readonly capacity = 256) {
+    this.finished = new Array(capacity);
+  }
 
-  queued(info: Pick<OpRecord, 'client' | 'clientName' | 'requestId' | 'kind' | 'dtype' | 'op' | 'count' | 'bytes'>): OpRecord {
-    const rec: OpRecord = { ...info, seq: null, state: 'queued', generation: null, ranks: [], error: null, queuedAt: Date.now(), startedAt: null, finishedAt: null };
+  /** A new collective, queued. Plain arguments, not an object: this runs for every request. */
+  queued(client: number, clientName: string | null, requestId: number, kind: string, dtype: string, op: string, count: number, bytes: number): OpRecord {
+    const rec = this.spare ?? ({ ranks: [] as RankProgress[] } as OpRecord);
+    this.spare = null;
+    rec.client = client;
+    rec.clientName = clientName;
+    rec.requestId = requestId;
+    rec.kind = kind;
+    rec.dtype = dtype;
+    rec.op = op;
+    rec.count = count;
+    rec.bytes = bytes;
+    rec.seq = null;
+    rec.state = 'queued';
+    rec.generation = null;
+    rec.ranks.length = 0;
+    rec.error = null;
+    rec.queuedAt = Date.now();
+    rec.startedAt = null;
+    rec.finishedAt = null;
     this.live.add(rec);
     return rec;
   }
@@ -38,14 +63,9 @@ export class FlightRecorder {
     rec.seq = seq;
     rec.state = 'running';
     rec.generation = generation;
-    rec.ranks = Array(nranks).fill('pending');
+    rec.ranks.length = nranks;
+    rec.ranks.fill('pending');
     rec.startedAt = Date.now();
-    this.running.set(seq, rec);
-  }
-
-  rankDone(seq: number, rank: number, failed: boolean): void {
-    const rec = this.running.get(seq);
-    if (rec) rec.ranks[rank] = failed ? 'failed' : 'done';
   }
 
   finish(rec: OpRecord, error: { code: string; message: string } | null): void {
@@ -53,9 +73,10 @@ export class FlightRecorder {
     rec.error = error ? `${error.code}: ${error.message}` : null;
     rec.finishedAt = Date.now();
     this.live.delete(rec);
-    if (rec.seq !== null) this.running.delete(rec.seq);
-    this.finished.push(rec);
-    if (this.finished.length > this.capacity) this.finished.shift();
+    const out = this.finished[this.next];
+    this.finished[this.next] = rec;
+    this.next = (this.next + 1) % this.capacity;
+    if (out) this.spare = out;
   }
 
   /** Queued and running, oldest first. */
@@ -63,8 +84,13 @@ export class FlightRecorder {
     return [...this.live];
   }
 
-  /** The last `n` finished, oldest first. */
+  /** The last `n` finished, oldest first (copies: the records themselves are reused). */
   recent(n = this.capacity): OpRecord[] {
-    return this.finished.slice(-n);
+    const out: OpRecord[] = [];
+    for (let i = 0; i < this.capacity; i++) {
+      const rec = this.finished[(this.next + i) % this.capacity];
+      if (rec) out.push({ ...rec, ranks: [...rec.ranks] });
+    }
+    return out.slice(-n);
   }
 }
