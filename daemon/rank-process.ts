@@ -464,9 +464,12 @@ export class RankProcess extends EventEmitter {
   }
 
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
-    const expected = this.state === 'stopping' || this.state === 'killing';
+    const stopping = this.state === 'stopping';
+    const expected = stopping || this.state === 'killing';
     this.state = 'exited';
     this.closeFdSocket();
+    // What the worker finished before the process went still counts: take it before failing the rest.
+    this.ring?.drain();
     this.ring?.close();
     this.ring = null;
     this.runBox = []; // never to a process started later: their collectives fail below
@@ -476,7 +479,8 @@ export class RankProcess extends EventEmitter {
     if (this.child?.pid === undefined) this.log.error('device process could not be started');
     else if (expected) this.log.info({ code, signal }, 'device process exited');
     else this.log.error({ code, signal }, 'device process exited unexpectedly');
-    const lost = new NccldError(ErrorCodes.DEVICE_LOST, why);
+    // Stopped by the daemon's own shutdown: what was cut short says so.
+    const lost = stopping ? new NccldError(ErrorCodes.SHUTTING_DOWN, `${why}: the daemon is stopping`) : new NccldError(ErrorCodes.DEVICE_LOST, why);
     const pending = [...this.pending.values()];
     const calls = [...this.calls.values()];
     const waiters = this.waiters.splice(0);

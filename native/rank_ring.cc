@@ -66,6 +66,7 @@ void RankRing::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod<&RankRing::Submit>("submit"),
                                         InstanceMethod<&RankRing::Start>("start"),
                                         InstanceMethod<&RankRing::Close>("close"),
+                                        InstanceMethod<&RankRing::Drain>("drain"),
                                     });
   if (func.IsEmpty()) {
     delete cls;
@@ -356,6 +357,12 @@ void RankRing::OnReadable() {
   if (on_complete_.IsEmpty() || async_context_ == nullptr) return;
   on_complete_.MakeCallback(Value(), {seqs, codes}, *async_context_);
   if (env.IsExceptionPending()) napi_fatal_exception(env, env.GetAndClearPendingException().Value());
+}
+
+Napi::Value RankRing::Drain(const Napi::CallbackInfo& info) {
+  (void)info;
+  if (open() && poll_ != nullptr) OnReadable();
+  return Napi::Value();
 }
 
 void RankRing::OnPollClosed(uv_handle_t* handle) {

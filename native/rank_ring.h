@@ -36,6 +36,9 @@ class RankRing : public Napi::ObjectWrap<RankRing> {
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  // Takes whatever completions are posted now, without waiting for the doorbell (a worker's
+  // process exited: what it finished first still counts).
+  Napi::Value Drain(const Napi::CallbackInfo& info);
 
   bool open() const { return ctl_ != nullptr; }
   // Resets the doorbell, takes every posted completion and hands them to onComplete.

@@ -112,6 +112,8 @@ export interface RankRing {
    */
   start(onComplete: (seqs: Float64Array, codes: Int32Array) => void): void;
   /** Stops watching and closes the fds and the mapping. Idempotent; safe inside onComplete. */
+  /** Delivers the completions posted so far to onComplete now (before acting on a worker's death). */
+  drain(): void;
   close(): void;
 }
 

@@ -4,7 +4,7 @@
 // (killed after their own grace), every client is answered and every connection is closed, idle
 // ones and ones that never said hello included, and the socket files are removed.
 import t, { type Test } from 'tap';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { connect, type Client } from '../../dist/client/index.js';
 import { alive, debugCommand, devicePids, startDaemon, until, type RunningDaemon } from '../helpers/daemon.js';
@@ -210,6 +210,11 @@ t.test('SIGTERM with a device process that is truly stuck (SIGSTOP): killed afte
   process.kill(pids[1], 'SIGSTOP');
   t.teardown(() => {
     if (alive(pids[1])) process.kill(pids[1], 'SIGKILL');
+  });
+  // Delivery is asynchronous: the collective must find the process stopped, not finish first.
+  await until('the device process to be stopped', () => {
+    const stat = readFileSync(`/proc/${pids[1]}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] === 'T';
   });
   const { reply } = await stuckCollective(d, client, set);
   const bound = graceMs + rankGraceMs + 3000;
