@@ -261,12 +261,9 @@ export class ClientSession implements CollectiveOwner {
       if (s.reg.released && s.reg.users === 0) void this.drop(s.reg);
     }
     this.process.unfinished--;
-    this.endedOne();
-  }
-
-  private endedOne(): void {
     this.ctx.processes.forgetIfIdle(this.process);
   }
+
 
   private startRegister(req: RegisterRequest, fd: number | undefined): void {
     const reg = this.newRegistration(req, fd);
@@ -296,7 +293,7 @@ export class ClientSession implements CollectiveOwner {
     this.process.unfinished--;
     if (err) this.sendError(id, err);
     else this.send({ type: 'result', id, buffer: reg.id, bytes: reg.bytes });
-    this.endedOne();
+    this.ctx.processes.forgetIfIdle(this.process);
   }
 
   /** Checks what a register request hands over and makes its registration (which then owns the fd). */
@@ -356,7 +353,7 @@ export class ClientSession implements CollectiveOwner {
     void Promise.all(gone).then(() => {
       this.ids.delete(req.id);
       this.send({ type: 'result', id: req.id });
-      this.endedOne();
+      this.ctx.processes.forgetIfIdle(this.process);
     });
   }
 

@@ -10,7 +10,7 @@ import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
 import { native, type RankRing } from '../shared/native.js';
 import type { Logger } from './logger.js';
 import type { Backend, CallMessage, DoneMessage, FromDevice, RunMessage, ToDevice, WireError } from './device/messages.js';
-import { RING_TAG } from './device/messages.js';
+import { RING_TAG, sendTagged } from './device/fd-channel.js';
 import type { Collective } from './collective.js';
 import { DTYPES, REDUCE_OPS } from '../shared/dtypes.js';
 import { wireResourceError as resourceError } from './device/wire.js';
@@ -140,7 +140,7 @@ export class RankProcess extends EventEmitter {
       try {
         child = fork(DEVICE_ENTRY, [], {
           serialization: 'advanced',
-          // fd 3: Node's channel; fd FD_CHANNEL (4): the seqpacket end for memfds.
+          // fd 3: Node's channel; fd 4 (FD_CHANNEL): the seqpacket end for descriptors.
           stdio: ['ignore', 'inherit', 'inherit', 'ipc', pair[1]],
           env,
         });
@@ -270,9 +270,7 @@ export class RankProcess extends EventEmitter {
   private async attachRing(): Promise<void> {
     const ring = native.RankRing.create(RING_CAPACITY, this.opts.nranks);
     try {
-      const tag = Buffer.alloc(4);
-      tag.writeUInt32LE(RING_TAG);
-      native.sendFds(this.fdSocket, tag, ring.fds);
+      sendTagged(this.fdSocket, RING_TAG, ring.fds);
       await this.call({ t: 'ring' });
     } catch (err) {
       ring.close();
@@ -329,10 +327,8 @@ export class RankProcess extends EventEmitter {
         next.settle.reject(new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`));
         continue;
       }
-      const tag = Buffer.alloc(4);
-      tag.writeUInt32LE(next.id);
       try {
-        native.sendFds(this.fdSocket, tag, [next.fd]);
+        sendTagged(this.fdSocket, next.id, [next.fd]);
       } catch (err) {
         if ((err as { code?: string }).code === 'EAGAIN') {
           // The device process has not taken the earlier ones yet: try again shortly.

@@ -174,8 +174,9 @@ export class World extends EventEmitter {
     for (const c of this.running) {
       if (c.hung) continue;
       if (now - c.startedAt < this.opts.hangTimeoutMs) return;
-      const stuck = c.rankErrors.flatMap((e, rank) => (e === undefined ? [rank] : []));
-      for (let rank = 0; rank < this.size; rank++) if (c.rankErrors[rank] === undefined && !stuck.includes(rank)) stuck.push(rank);
+      // rankErrors is sparse until every rank reports: walk the indices, not the entries.
+      const stuck: number[] = [];
+      for (let rank = 0; rank < this.size; rank++) if (c.rankErrors[rank] === undefined) stuck.push(rank);
       c.hung = stuck;
       this.breakWorld(
         `hang watchdog: collective seq ${c.seq} (${c.kind} ${c.dtype} ${c.op}, ${c.count} elements) not finished on rank${stuck.length > 1 ? 's' : ''} ${stuck.join(', ')} after ${this.opts.hangTimeoutMs} ms`,

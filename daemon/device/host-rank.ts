@@ -6,7 +6,8 @@
 // can make this process fault.
 import { native, type RingWorker, type ShmSegment } from '../../shared/native.js';
 import { ErrorCodes, NccldError } from '../../shared/errors.js';
-import { FD_CHANNEL, RING_TAG, type InjectMessage } from './messages.js';
+import type { InjectMessage } from './messages.js';
+import { RING_TAG, takeTagged } from './fd-channel.js';
 import { wireResourceError } from './wire.js';
 
 export class HostRank {
@@ -24,13 +25,9 @@ export class HostRank {
 
   /** Attaches the ring whose descriptors the daemon sent on the fd channel; starts the worker thread. */
   attachRing(): void {
-    const got = native.recvFds(FD_CHANNEL, 16);
-    if (!got || got.data.length !== 4 || got.data.readUInt32LE(0) !== RING_TAG || got.fds.length !== 3) {
-      for (const fd of got?.fds ?? []) native.closeFd(fd);
-      throw new NccldError(ErrorCodes.INTERNAL, 'descriptor channel out of step: no ring descriptors waiting');
-    }
+    const fds = takeTagged(RING_TAG, 3, 'the ring');
     this.worker?.stop();
-    this.worker = native.RingWorker.attach(got.fds, this.rank, this.nranks);
+    this.worker = native.RingWorker.attach(fds, this.rank, this.nranks);
     for (const [id, seg] of this.segments) this.worker.setBuffer(id, seg);
   }
 
@@ -41,16 +38,11 @@ export class HostRank {
 
   /** Maps the memfd that the daemon sent on the fd channel, tagged `id`. */
   map(id: number): void {
-    const got = native.recvFds(FD_CHANNEL, 16);
-    if (!got) throw new NccldError(ErrorCodes.INTERNAL, `no descriptor waiting for buffer ${id}`);
-    const tag = got.data.length === 4 ? got.data.readUInt32LE(0) : -1;
+    const [fd] = takeTagged(id, 1, `buffer ${id}`);
     try {
-      if (tag !== id || got.fds.length !== 1) {
-        throw new NccldError(ErrorCodes.INTERNAL, `descriptor channel out of step (wanted buffer ${id}, got ${tag} with ${got.fds.length} fds)`);
-      }
       if (this.segments.has(id)) return; // mapped already (a retried registration)
       try {
-        const seg = native.ShmSegment.fromFd(got.fds[0], `buffer ${id}`);
+        const seg = native.ShmSegment.fromFd(fd, `buffer ${id}`);
         this.segments.set(id, seg);
         this.worker?.setBuffer(id, seg);
       } catch (err) {
@@ -60,7 +52,7 @@ export class HostRank {
         throw wireResourceError(err, `cannot map buffer ${id}`);
       }
     } finally {
-      for (const fd of got.fds) native.closeFd(fd);
+      native.closeFd(fd); // the mapping stays
     }
   }
 

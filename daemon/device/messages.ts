@@ -4,10 +4,6 @@ import type { DType, ReduceOp } from '../../shared/dtypes.js';
 
 export type Backend = 'host' | 'nccl';
 
-/** The device process's end of the seqpacket pair over which memfds arrive (SCM_RIGHTS). */
-export const FD_CHANNEL = 4;
-/** The fd-channel tag of the ring's descriptors (buffer ids never reach it). */
-export const RING_TAG = 0xffff_ffff;
 
 /** A registered buffer and a byte offset into it, as a rank sees it. */
 export interface RunBuffer {
