@@ -2,12 +2,17 @@
 # One GPU run, as the device tool's command: the whole suite with the GPU tests live, then the
 # daemon on the nccl backend with a verified AllReduce and the benchmarks. Everything it prints
 # goes to $OUT (the device tool brings that folder back). Stage first: bash ../shared/device/stage.sh
-#   run: bash .device/on-device.sh bash bench/gpu-run.sh
+#   run: bash .device/on-device.sh bash bench/gpu-run.sh [test files...]
+# With test files, only those run (no coverage check): for a quick look at a change.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-run}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
-( time npx tap --reporter=terse ) > "$out/suite.log" 2>&1
+if [ $# -gt 0 ]; then
+  ( time npx tap --disable-coverage --reporter=terse "$@" ) > "$out/suite.log" 2>&1
+else
+  ( time npx tap --reporter=terse ) > "$out/suite.log" 2>&1
+fi
 tail -40 "$out/suite.log"
 dir=$(mktemp -d /tmp/nccld-gpu-XXXX)
 node dist/daemon/main.js --backend nccl --socket "$dir/a.sock" --debug-socket "$dir/d.sock" --log-level warn > "$out/daemon.log" 2>&1 &

@@ -16,13 +16,11 @@ export interface BackendTraits {
   readonly partialFailureBreaksWorld: boolean;
   /** The ranks build a communicator together once they have started. */
   readonly needsCommunicator: boolean;
-  /** Collectives reach the ranks through a shared-memory ring (else over the fork channel). */
-  readonly ringTransport: boolean;
   /** What a client registers: a sealed memfd, or a CUDA IPC handle. */
   readonly registration: 'memfd' | 'ipc';
 }
 
 export const BACKENDS: Record<Backend, BackendTraits> = {
-  host: { name: 'host', window: 1, ranksShareBuffers: true, partialFailureBreaksWorld: false, needsCommunicator: false, ringTransport: true, registration: 'memfd' },
-  nccl: { name: 'nccl', window: 64, ranksShareBuffers: false, partialFailureBreaksWorld: true, needsCommunicator: true, ringTransport: false, registration: 'ipc' },
+  host: { name: 'host', window: 1, ranksShareBuffers: true, partialFailureBreaksWorld: false, needsCommunicator: false, registration: 'memfd' },
+  nccl: { name: 'nccl', window: 64, ranksShareBuffers: false, partialFailureBreaksWorld: true, needsCommunicator: true, registration: 'ipc' },
 };

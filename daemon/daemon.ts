@@ -50,6 +50,7 @@ export class Daemon {
       restartLimit: cfg.restartLimit,
       restartWindowMs: cfg.restartWindowMs,
       hangTimeoutMs: cfg.hangTimeoutMs,
+      ringSpinUs: cfg.ringSpinUs,
       startTimeoutMs: cfg.startTimeoutMs,
     });
     this.stats = new Stats(this.world.size);

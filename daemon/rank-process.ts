@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
 import { native, type RankRing } from '../shared/native.js';
 import type { Logger } from './logger.js';
-import type { Backend, CallMessage, DoneMessage, FromDevice, RunMessage, ToDevice, WireError } from './device/messages.js';
+import type { Backend, CallMessage, FromDevice, ToDevice, WireError } from './device/messages.js';
 import { RING_TAG, sendTagged } from './device/fd-channel.js';
 import type { Collective } from './collective.js';
 import { DTYPES, REDUCE_OPS } from '../shared/dtypes.js';
@@ -44,9 +44,15 @@ const RING_FAILURES: Record<string, string> = {
   [ErrorCodes.NO_SUCH_BUFFER]: 'named a buffer this rank has not mapped',
   [ErrorCodes.BUFFER_TOO_SMALL]: 'ran past the end of a buffer on this rank',
   [ErrorCodes.BAD_ALIGNMENT]: 'had an offset that is not a multiple of the element size',
+  [ErrorCodes.ABORTED]: 'was cut short: the communicator was aborted (the world broke, or is being rebuilt)',
+  [ErrorCodes.NCCL]: 'failed in NCCL, or its communicator reported an asynchronous error (or an injected failure)',
+  [ErrorCodes.CUDA]: 'failed in the CUDA driver',
+  [ErrorCodes.NOT_READY]: 'reached the rank before its communicator was ready',
 };
-/** Collectives a host rank's ring holds; the host backend runs one at a time, so this is ample. */
+/** Collectives a rank's ring holds: far above either backend's window (1 on host, 64 on NCCL). */
 const RING_CAPACITY = 1024;
+/** Buffer slots per NCCL record: this rank's send buffer, and its receive buffer when apart. */
+const NCCL_RECORD_SLOTS = 2;
 /** The fork channel's message for a file descriptor: retried while the seqpacket queue is full. */
 const FD_RETRY_MS = 5;
 
@@ -58,6 +64,8 @@ export interface RankOptions {
   backend: Backend;
   device: number | null;
   logLevel: string;
+  /** How long the device's worker spins for the next collective before it sleeps. */
+  ringSpinUs: number;
   logger: Logger;
   /** A device process that has not said ready by then (a CUDA init that hangs...) is killed. */
   startTimeoutMs: number;
@@ -82,12 +90,14 @@ export class RankProcess extends EventEmitter {
   /** The daemon's end of the fd channel of the current process; -1 when none. */
   private fdSocket = -1;
   private readonly pending = new Map<number, Done>();
-  private runBox: RunMessage[] = [];
-  /** Host backend: the shared-memory ring collectives go through (null until attached, and on nccl). */
+  /** The shared-memory ring collectives go through (null until attached). */
   private ring: RankRing | null = null;
-  /** Reused for every submission: one entry per rank. */
+  /** Reused for every submission: one entry per slot. */
   private readonly slotIds: Uint32Array;
   private readonly slotOffsets: Float64Array;
+  /** NCCL backend: this rank's own slot. */
+  private readonly ownId: Uint32Array;
+  private readonly ownOffset: Float64Array;
   private readonly calls = new Map<number, Settle>();
   private nextCall = 1;
   /** Memfds waiting for room in the fd channel, in order, each with the map call that follows it. */
@@ -106,6 +116,8 @@ export class RankProcess extends EventEmitter {
     this.log = opts.logger.child({ rank: opts.rank });
     this.slotIds = new Uint32Array(opts.nranks);
     this.slotOffsets = new Float64Array(opts.nranks);
+    this.ownId = new Uint32Array(1);
+    this.ownOffset = new Float64Array(1);
   }
 
   /** Faults to put into this rank's device processes (tests and drills; off unless enabled). */
@@ -193,6 +205,7 @@ export class RankProcess extends EventEmitter {
         backend: this.opts.backend,
         device: this.opts.device,
         logLevel: this.opts.logLevel,
+        ringSpinUs: this.opts.ringSpinUs,
         parentPid: process.pid,
         ...(this.startFault ? { fault: this.startFault } : {}),
       });
@@ -217,35 +230,40 @@ export class RankProcess extends EventEmitter {
 
   /**
    * Runs one collective on this rank; `done` is called once, when the rank has finished it or died.
-   * Host ranks take it from their shared-memory ring (every rank's buffer: each reduces a slice
-   * across all of them); NCCL ranks from the fork channel (their own buffer only).
+   * It goes through the rank's shared-memory ring: host ranks get every rank's buffer (each reduces
+   * a slice across all of them), NCCL ranks their own only.
    */
   run(c: Collective, done: Done): void {
-    if (this.state !== 'ready') {
+    const ring = this.ring;
+    if (this.state !== 'ready' || !ring) {
       const err = new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`);
       process.nextTick(done, err); // never re-enter the caller's loop over the ranks
       return;
     }
-    const ring = this.ring;
-    if (ring) {
+    let ids = this.slotIds;
+    let offsets = this.slotOffsets;
+    if (BACKENDS[this.opts.backend].ranksShareBuffers) {
       const n = c.slots.length;
       for (let i = 0; i < n; i++) {
         this.slotIds[i] = c.slots[i].reg.id;
         this.slotOffsets[i] = c.slots[i].offset;
       }
-      const ids = n === this.slotIds.length ? this.slotIds : this.slotIds.subarray(0, n);
-      const offsets = n === this.slotOffsets.length ? this.slotOffsets : this.slotOffsets.subarray(0, n);
-      if (!ring.submit(c.seq, 0, DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, ids, offsets)) {
-        process.nextTick(done, new NccldError(ErrorCodes.BUSY, `rank ${this.rank}'s ring is full`));
-        return;
+      if (n !== ids.length) {
+        ids = ids.subarray(0, n);
+        offsets = offsets.subarray(0, n);
       }
-      this.pending.set(c.seq, done);
+    } else {
+      const own = c.slots[this.rank];
+      this.ownId[0] = own.reg.id;
+      this.ownOffset[0] = own.offset;
+      ids = this.ownId;
+      offsets = this.ownOffset;
+    }
+    if (!ring.submit(c.seq, 0, DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, ids, offsets)) {
+      process.nextTick(done, new NccldError(ErrorCodes.BUSY, `rank ${this.rank}'s ring is full`));
       return;
     }
-    const slot = c.slots[this.rank];
     this.pending.set(c.seq, done);
-    this.runBox.push({ t: 'run', seq: c.seq, kind: c.kind, dtype: c.dtype, op: c.op, count: c.count, buffers: [{ id: slot.reg.id, offset: slot.offset }] });
-    if (this.runBox.length === 1) setImmediate(this.flushRuns);
   }
 
   /** Completions from the ring: everything posted since the last wake. */
@@ -253,22 +271,23 @@ export class RankProcess extends EventEmitter {
     for (let i = 0; i < seqs.length; i++) {
       const code = codes[i];
       if (code === 0) {
-        this.onDone({ t: 'done', seq: seqs[i] });
+        this.onDone(seqs[i], null);
         continue;
       }
       const wire = native.RANK_RING_CODES[code] ?? ErrorCodes.INTERNAL;
       const why = RING_FAILURES[wire] ?? 'failed in the rank worker (an internal error, or an injected failure)';
-      this.onDone({ t: 'done', seq: seqs[i], error: { code: wire, message: `collective seq ${seqs[i]} ${why}` } });
+      this.onDone(seqs[i], { code: wire, message: `collective seq ${seqs[i]} ${why}` });
     }
   };
 
   /**
-   * Host backend: makes this process's ring (a shared submission and completion ring with two
-   * eventfd doorbells) and hands it over on the fd channel; the device's native worker takes
-   * collectives from it from then on.
+   * Makes this process's ring (a shared submission and completion ring with two eventfd
+   * doorbells) and hands it over on the fd channel; the device's native worker takes collectives
+   * from it from then on.
    */
   private async attachRing(): Promise<void> {
-    const ring = native.RankRing.create(RING_CAPACITY, this.opts.nranks);
+    const slots = BACKENDS[this.opts.backend].ranksShareBuffers ? this.opts.nranks : NCCL_RECORD_SLOTS;
+    const ring = native.RankRing.create(RING_CAPACITY, slots);
     try {
       sendTagged(this.fdSocket, RING_TAG, ring.fds);
       await this.call({ t: 'ring' });
@@ -280,17 +299,7 @@ export class RankProcess extends EventEmitter {
     this.ring = ring;
   }
 
-  /** The collectives of this turn, in one message: a message each costs a serialization and a wake. */
-  private readonly flushRuns = (): void => {
-    const jobs = this.runBox;
-    if (jobs.length === 0) return;
-    this.runBox = [];
-    if (this.child?.connected) this.child.send(jobs.length === 1 ? jobs[0] : { t: 'runs', jobs });
-  };
-
   send(msg: ToDevice): void {
-    // Whatever was run before this message reaches the process before it.
-    if (this.runBox.length > 0) this.flushRuns();
     if (this.child?.connected) this.child.send(msg);
   }
 
@@ -388,7 +397,6 @@ export class RankProcess extends EventEmitter {
           return;
         }
         this.state = 'ready';
-        if (!BACKENDS[this.opts.backend].ringTransport) return started(null);
         this.attachRing().then(
           () => started(null),
           (err: NccldError) => {
@@ -405,12 +413,6 @@ export class RankProcess extends EventEmitter {
         else c?.resolve(msg.value);
         break;
       }
-      case 'done':
-        this.onDone(msg);
-        break;
-      case 'dones':
-        for (const d of msg.list) this.onDone(d);
-        break;
       default: {
         const w = this.waiters.findIndex((x) => x.type === msg.t);
         if (w >= 0) this.waiters.splice(w, 1)[0].settle.resolve(msg);
@@ -419,17 +421,17 @@ export class RankProcess extends EventEmitter {
     }
   }
 
-  private onDone(msg: DoneMessage): void {
-    const done = this.pending.get(msg.seq);
+  private onDone(seq: number, error: WireError | null): void {
+    const done = this.pending.get(seq);
     if (!done) {
-      this.log.error({ seq: msg.seq }, 'reply for a collective this rank was not running');
+      this.log.error({ seq }, 'reply for a collective this rank was not running');
       return;
     }
-    this.pending.delete(msg.seq);
+    this.pending.delete(seq);
     this.collectivesDone++;
-    if (msg.error) {
-      this.lastError = `${msg.error.code}: ${msg.error.message}`;
-      done(fromWire(msg.error, this.rank));
+    if (error) {
+      this.lastError = `${error.code}: ${error.message}`;
+      done(fromWire(error, this.rank));
     } else {
       done(null);
     }
@@ -468,7 +470,6 @@ export class RankProcess extends EventEmitter {
     this.ring?.drain();
     this.ring?.close();
     this.ring = null;
-    this.runBox = []; // never to a process started later: their collectives fail below
     if (this.fdTimer) clearTimeout(this.fdTimer);
     this.fdTimer = null;
     const why = `device process of rank ${this.rank} (pid ${this.pid}) exited (code ${code}, signal ${signal})`;

@@ -28,6 +28,8 @@ export interface WorldOptions {
   restartWindowMs: number;
   /** A collective not finished on a rank after this long means that rank hangs: the world breaks. */
   hangTimeoutMs: number;
+  /** How long a device worker spins for the next collective before it sleeps. */
+  ringSpinUs?: number;
   /** How long a device process may take to say it is ready. */
   startTimeoutMs?: number;
 }
@@ -79,6 +81,7 @@ export class World extends EventEmitter {
           backend: opts.backend,
           device,
           logLevel: opts.logLevel,
+          ringSpinUs: opts.ringSpinUs ?? 250,
           logger: opts.logger,
           startTimeoutMs: opts.startTimeoutMs ?? 120_000,
         }),

@@ -39,8 +39,15 @@ constexpr uint64_t kMagic = 0x31676e69524c4343ULL;  // "CCLRing1", little-endian
 constexpr uint32_t kVersion = 1;
 constexpr size_t kCacheLine = 64;
 
-// Record kinds (SubmitHeader::kind).
+// Record kinds (SubmitHeader::kind): NCCL's collectives, in the order the protocol numbers them.
 constexpr uint8_t kKindAllReduce = 0;
+constexpr uint8_t kKindBroadcast = 1;
+constexpr uint8_t kKindReduce = 2;
+constexpr uint8_t kKindAllGather = 3;
+constexpr uint8_t kKindReduceScatter = 4;
+constexpr uint8_t kKindAllToAll = 5;
+constexpr uint8_t kKindBarrier = 6;
+constexpr uint8_t kNumKinds = 7;
 
 // Limits, on both sides.
 constexpr uint32_t kMaxCapacity = 1u << 16;
@@ -110,10 +117,19 @@ struct Completion {
 };
 static_assert(sizeof(Completion) == 16, "completion record is 16 bytes");
 
-// Completion codes: what RANK_RING_CODES exports, index for index.
-enum Code : int32_t { kOk, kNoSuchBuffer, kBufferTooSmall, kBadAlignment, kInternal, kBadRequest, kNumCodes };
-constexpr const char* kCodes[kNumCodes] = {"OK",          kErrNoSuchBuffer, kErrBufferTooSmall, kErrBadAlignment,
-                                           kErrInternal,  kErrBadRequest};
+// Completion codes: what RANK_RING_CODES exports, index for index. Only the code crosses the
+// ring: the worker logs the details of NCCL and CUDA failures itself.
+enum Code : int32_t {
+  kOk, kNoSuchBuffer, kBufferTooSmall, kBadAlignment, kInternal, kBadRequest,
+  kAborted,   // the communicator was aborted (the world broke) before the collective finished
+  kNccl,      // NCCL failed the collective, or the communicator reported an asynchronous error
+  kCuda,      // the CUDA driver failed (event create/record/query)
+  kNotReady,  // the rank had no communicator when it took the collective
+  kNumCodes
+};
+constexpr const char* kCodes[kNumCodes] = {"OK",         kErrNoSuchBuffer, kErrBufferTooSmall, kErrBadAlignment,
+                                           kErrInternal, kErrBadRequest,   kErrAborted,        kErrNccl,
+                                           kErrCuda,     kErrNotReady};
 
 // A record: its header then max_buffers slots, rounded up to whole cache lines.
 constexpr uint64_t RecordSize(uint32_t max_buffers) {

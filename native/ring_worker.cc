@@ -1,13 +1,9 @@
 #include "ring_worker.h"
 
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +19,7 @@
 #include "args.h"
 #include "errors.h"
 #include "reduce.h"
+#include "ring_endpoint.h"
 #include "ring_layout.h"
 #include "shm_mapping.h"
 #include "shm_segment.h"
@@ -34,19 +31,6 @@ namespace {
 // Marks JS objects that really are RingWorkers (napi_type_tag, N-API 8).
 const napi_type_tag kRingWorkerTag = {0x6e63636c642d7269ULL, 0x6e67576f726b6572ULL};
 
-// How long the worker spins for new records after its last one before it sleeps. Spinning
-// keeps a busy stream of collectives off the futex/eventfd wake (tens of µs on VMs); bounded,
-// so an idle rank costs no CPU.
-constexpr std::chrono::microseconds kSpin{50};
-// The first part of that spin is pause instructions only (a few µs); the rest yields the
-// core between looks.
-constexpr unsigned kPauseSpins = 256;
-// The longest one sleep lasts: stop() and inject() also wake the thread at once, through its
-// private eventfd; this only bounds the damage of a lost wake-up, should one ever happen.
-constexpr int kSleepMs = 100;
-
-enum Fault : int { kNoFault, kHang, kFail, kCrash };
-
 struct RingWorkerClass {
   Napi::FunctionReference ctor;
 };
@@ -54,22 +38,6 @@ struct RingWorkerClass {
 Napi::Value BadArg(Napi::Env env, const std::string& message) {
   if (!env.IsExceptionPending()) ThrowCoded(env, kErrInvalidArg, message, true);
   return Napi::Value();
-}
-
-void RingEventfd(int efd) {
-  uint64_t one = 1;
-  ssize_t n;
-  do {
-    n = write(efd, &one, sizeof one);
-  } while (n < 0 && errno == EINTR);
-}
-
-void DrainEventfd(int efd) {
-  uint64_t counter;
-  ssize_t n;
-  do {
-    n = read(efd, &counter, sizeof counter);
-  } while (n < 0 && errno == EINTR);
 }
 
 }  // namespace
@@ -103,12 +71,9 @@ struct RingWorker::Core {
       pthread_join(thread, nullptr);
       running = false;
     }
-    for (int* fd : {&memfd, &submit_efd, &complete_efd, &wake_efd}) {
-      if (*fd >= 0) close(*fd);
-      *fd = -1;
-    }
-    ctl = nullptr;
-    region.reset();
+    if (wake_efd >= 0) close(wake_efd);
+    wake_efd = -1;
+    ep.reset();
     std::lock_guard<std::mutex> lock(mu);
     buffers.clear();
   }
@@ -124,40 +89,38 @@ struct RingWorker::Core {
 
   void Run() {
     using Clock = std::chrono::steady_clock;
-    // The worker is the only writer of these two: start from wherever they stand.
-    sub_tail = ctl->sub_tail.v.load(std::memory_order_relaxed);
-    comp_head = ctl->comp_head.v.load(std::memory_order_relaxed);
-    slots.resize(max_buffers);
-    held.reserve(max_buffers);
-    bufs.reserve(max_buffers);
+    slots.resize(ep->max_buffers());
+    held.reserve(ep->max_buffers());
+    bufs.reserve(ep->max_buffers());
     Clock::time_point idle_since = Clock::now();
     unsigned spins = 0;
     while (!stopping.load(std::memory_order_acquire)) {
       if (fault.load(std::memory_order_acquire) == kHang) {
-        WaitForWake();
+        WaitEventfd(wake_efd, kRingSleepMs);
         idle_since = Clock::now();
         continue;
       }
-      uint64_t head = ctl->sub_head.v.load(std::memory_order_acquire);
-      if (head != sub_tail) {
-        uint64_t avail = head - sub_tail;
-        if (avail > capacity) {
-          // Not something the daemon writes: touch nothing, wait to be stopped.
-          WaitForWake();
-          continue;
-        }
+      uint64_t avail = ep->Waiting();
+      if (avail == RingEndpoint::kCorrupt) {
+        // Not something the daemon writes: touch nothing, wait to be stopped.
+        WaitEventfd(wake_efd, kRingSleepMs);
+        continue;
+      }
+      if (avail > 0) {
         TakeBatch(avail);
         idle_since = Clock::now();
         spins = 0;
         continue;
       }
       ++spins;
-      if (spins < kPauseSpins) {
+      if (spins < kRingPauseSpins) {
         ring::CpuRelax();
         continue;
       }
-      if (Clock::now() - idle_since >= kSpin) {
-        Sleep();
+      if (Clock::now() - idle_since >= spin) {
+        ep->Sleep(wake_efd, kRingSleepMs, [this] {
+          return stopping.load(std::memory_order_acquire) || fault.load(std::memory_order_acquire) == kHang;
+        });
         idle_since = Clock::now();
         spins = 0;
       } else {
@@ -166,7 +129,7 @@ struct RingWorker::Core {
         sched_yield();
       }
     }
-    if (pending_ring) RingEventfd(complete_efd);
+    ep->Flush();
   }
 
   // Takes up to `avail` records, then rings the completion doorbell once.
@@ -176,30 +139,18 @@ struct RingWorker::Core {
       if (f == kHang) break;
       if (f == kCrash) kill(getpid(), SIGKILL);
       bool failed = f == kFail && fault.compare_exchange_strong(f, kNoFault, std::memory_order_acq_rel);
-
-      // Copy the record out before looking at it: what we check is what we use, whatever
-      // the other side writes meanwhile. Then the slot is free for the daemon again.
-      const char* rec = sub_ring + (sub_tail & (capacity - 1)) * record_size;
       ring::SubmitHeader h;
-      memcpy(&h, rec, sizeof h);
-      size_t nbuf = std::min<size_t>(h.nbuf, max_buffers);
-      memcpy(slots.data(), rec + sizeof h, nbuf * sizeof(ring::BufferSlot));
-      ++sub_tail;
-      ctl->sub_tail.v.store(sub_tail, std::memory_order_release);
-
+      ep->Take(&h, slots.data());
       int32_t code = failed ? ring::kInternal : Process(h);
-      if (!Post(h.seq, code)) break;  // stopping
+      if (!ep->Post(h.seq, code, stopping, wake_efd)) break;  // stopping
     }
-    if (pending_ring) {
-      RingEventfd(complete_efd);
-      pending_ring = false;
-    }
+    ep->Flush();
   }
 
   // Validates a record against the buffer table and reduces this rank's slice of it.
   int32_t Process(const ring::SubmitHeader& h) {
     if (h.kind != ring::kKindAllReduce || h.dtype >= kNumDTypes || h.op >= kNumRedOps || h.nbuf < 1 ||
-        h.nbuf > max_buffers) {
+        h.nbuf > ep->max_buffers()) {
       return ring::kBadRequest;
     }
     size_t n = h.nbuf;
@@ -234,68 +185,11 @@ struct RingWorker::Core {
     return ring::kOk;
   }
 
-  // Posts one completion, first waiting for room if the daemon has not drained (it is rung
-  // before we wait). False if stop() came while waiting.
-  bool Post(uint64_t seq, int32_t code) {
-    unsigned tries = 0;
-    while (comp_head - ctl->comp_tail.v.load(std::memory_order_acquire) >= capacity) {
-      if (pending_ring) {
-        RingEventfd(complete_efd);
-        pending_ring = false;
-      }
-      if (stopping.load(std::memory_order_acquire)) return false;
-      if (++tries < 1000) {
-        ring::CpuRelax();
-      } else if (tries < 2000) {
-        sched_yield();
-      } else {
-        WaitForWake(1);
-      }
-    }
-    ring::Completion c{seq, code, 0};
-    memcpy(&comp_ring[comp_head & (capacity - 1)], &c, sizeof c);
-    ++comp_head;
-    ctl->comp_head.v.store(comp_head, std::memory_order_release);
-    pending_ring = true;
-    return true;
-  }
-
-  // Blocks on the submission doorbell (and our own). The daemon rings only while it sees
-  // worker_sleeping set; the fence orders our store of it before our re-read of sub_head,
-  // against the daemon's store of sub_head before its read of worker_sleeping.
-  void Sleep() {
-    ctl->worker_sleeping.v.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (ctl->sub_head.v.load(std::memory_order_relaxed) == sub_tail && !stopping.load(std::memory_order_acquire) &&
-        fault.load(std::memory_order_acquire) != kHang) {
-      struct pollfd p[2] = {{submit_efd, POLLIN, 0}, {wake_efd, POLLIN, 0}};
-      if (poll(p, 2, kSleepMs) > 0) {
-        if (p[0].revents & POLLIN) DrainEventfd(submit_efd);
-        if (p[1].revents & POLLIN) DrainEventfd(wake_efd);
-      }
-    }
-    ctl->worker_sleeping.v.store(0, std::memory_order_relaxed);
-  }
-
-  // Waits on our own doorbell only (stop, inject), at most timeout_ms.
-  void WaitForWake(int timeout_ms = kSleepMs) {
-    struct pollfd p = {wake_efd, POLLIN, 0};
-    if (poll(&p, 1, timeout_ms) > 0 && (p.revents & POLLIN)) DrainEventfd(wake_efd);
-  }
-
   // Fixed at attach.
-  std::unique_ptr<ShmMapping> region;
-  ring::Control* ctl = nullptr;
-  const char* sub_ring = nullptr;
-  ring::Completion* comp_ring = nullptr;
-  uint32_t capacity = 0;
-  uint32_t max_buffers = 0;
-  uint64_t record_size = 0;
+  std::unique_ptr<RingEndpoint> ep;
   uint64_t rank = 0;
   uint32_t nranks = 1;
-  int memfd = -1;
-  int submit_efd = -1;
-  int complete_efd = -1;
+  std::chrono::microseconds spin = kRingSpin;
   int wake_efd = -1;  // ours: stop() and inject() wake the thread through it
 
   pthread_t thread{};
@@ -307,9 +201,6 @@ struct RingWorker::Core {
   std::unordered_map<uint32_t, Buffer> buffers;
 
   // The thread's own.
-  uint64_t sub_tail = 0;
-  uint64_t comp_head = 0;
-  bool pending_ring = false;  // completions posted since the doorbell last rang
   std::vector<ring::BufferSlot> slots;
   std::vector<Buffer> held;
   std::vector<char*> bufs;
@@ -341,79 +232,31 @@ bool RingWorker::IsSelf(const Napi::CallbackInfo& info) {
   return false;
 }
 
-// RingWorker.attach([memfd, submitEventfd, completeEventfd], rank, nranks). Owns the three fds
+// RingWorker.attach([memfd, submitEventfd, completeEventfd], rank, nranks, spinUs?). Owns the three fds
 // from the moment they are read as a list, whether attach succeeds or throws.
 Napi::Value RingWorker::Attach(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const char* usage = "RingWorker.attach(fds: [memfd, submitEventfd, completeEventfd], rank, nranks)";
-  std::vector<int> fds;
-  if (!ToFdList(info[0], 3, &fds)) return BadArg(env, usage);
   auto core = std::make_unique<Core>();
-  int* owned[3] = {&core->memfd, &core->submit_efd, &core->complete_efd};
-  bool distinct = true;
-  for (size_t i = 0; i < fds.size(); ++i) {
-    // closed by ~Core on any failure (a repeated number only once)
-    if (std::find(fds.begin(), fds.begin() + static_cast<std::ptrdiff_t>(i), fds[i]) != fds.begin() + static_cast<std::ptrdiff_t>(i)) {
-      distinct = false;
-      continue;
-    }
-    *owned[i] = fds[i];
-  }
+  core->ep = RingEndpoint::Attach(env, info[0], "RingWorker.attach");
+  if (!core->ep) return Napi::Value();
   int64_t rank, nranks;
-  if (fds.size() != 3 || !distinct || !ToInteger(info[2], 1, INT32_MAX, &nranks) || !ToInteger(info[1], 0, nranks - 1, &rank)) {
-    return BadArg(env, usage);
+  int64_t spin_us = kRingSpin.count();
+  if (!ToInteger(info[2], 1, INT32_MAX, &nranks) || !ToInteger(info[1], 0, nranks - 1, &rank) ||
+      (!info[3].IsUndefined() && !ToInteger(info[3], 0, kMaxRingSpinUs, &spin_us))) {
+    return BadArg(env, "RingWorker.attach(fds: [memfd, submitEventfd, completeEventfd], rank, nranks, spinUs?: 0..1000000)");
   }
+  core->spin = std::chrono::microseconds(spin_us);
   core->rank = static_cast<uint64_t>(rank);
   core->nranks = static_cast<uint32_t>(nranks);
-
-  auto bad_ring = [&](const std::string& why) -> Napi::Value {
-    ThrowCoded(env, kErrBadBuffer, "RingWorker.attach: fd " + std::to_string(core->memfd) + " " + why);
-    return Napi::Value();
-  };
-  auto fail = [&](int err, const char* call) -> Napi::Value {
-    ThrowErrno(env, err, std::string("RingWorker.attach: ") + call, call);
-    return Napi::Value();
-  };
-  struct stat st;
-  if (fstat(core->memfd, &st) != 0) return fail(errno, "fstat");
-  if (!S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(ring::Control)) ||
-      static_cast<uint64_t>(st.st_size) > ring::kMaxRegionBytes) {
-    return bad_ring("is not a rank ring (size " + std::to_string(st.st_size) + ")");
-  }
-  // A region that could shrink under our mapping would SIGBUS this process.
-  int seals = fcntl(core->memfd, F_GET_SEALS);
-  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) return bad_ring("is not a memfd sealed against shrinking");
-  for (int efd : {core->submit_efd, core->complete_efd}) {
-    int fl = fcntl(efd, F_GETFL);
-    if (fl < 0 || fcntl(efd, F_SETFL, fl | O_NONBLOCK) != 0) return fail(errno, "fcntl(eventfd)");
-  }
-  size_t bytes = static_cast<size_t>(st.st_size);
-  void* addr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, core->memfd, 0);
-  if (addr == MAP_FAILED) return fail(errno, "mmap");
-  core->region = std::make_unique<ShmMapping>(addr, bytes);
-
-  ring::Header h;
-  memcpy(&h, addr, sizeof h);
-  if (h.magic != ring::kMagic || h.version != ring::kVersion) return bad_ring("is not a rank ring of version 1");
-  if (!ring::IsPowerOfTwo(h.capacity) || h.capacity > ring::kMaxCapacity || h.max_buffers < 1 ||
-      h.max_buffers > ring::kMaxBuffers) {
-    return bad_ring("has a bad ring header");
-  }
-  ring::Geometry g = ring::Layout(h.capacity, h.max_buffers);
-  if (h.record_size != g.record_size || h.submit_offset != g.submit_offset ||
-      h.complete_offset != g.complete_offset || h.total_size != g.total_size || g.total_size > bytes) {
-    return bad_ring("has a ring header that does not match its size");
-  }
-  core->ctl = reinterpret_cast<ring::Control*>(addr);
-  core->sub_ring = core->region->data() + g.submit_offset;
-  core->comp_ring = reinterpret_cast<ring::Completion*>(core->region->data() + g.complete_offset);
-  core->capacity = h.capacity;
-  core->max_buffers = h.max_buffers;
-  core->record_size = g.record_size;
-
   core->wake_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (core->wake_efd < 0) return fail(errno, "eventfd");
-  if (int err = core->Start()) return fail(err, "pthread_create");
+  if (core->wake_efd < 0) {
+    ThrowErrno(env, errno, "RingWorker.attach: eventfd", "eventfd");
+    return Napi::Value();
+  }
+  if (int err = core->Start()) {
+    ThrowErrno(env, err, "RingWorker.attach: pthread_create", "pthread_create");
+    return Napi::Value();
+  }
 
   auto* cls = static_cast<RingWorkerClass*>(info.Data());
   Napi::Object obj = cls->ctor.New({Napi::External<std::unique_ptr<Core>>::New(env, &core)});
@@ -482,21 +325,8 @@ Napi::Value RingWorker::DropBuffer(const Napi::CallbackInfo& info) {
 Napi::Value RingWorker::Inject(const Napi::CallbackInfo& info) {
   if (!IsSelf(info)) return Napi::Value();
   Napi::Env env = info.Env();
-  int f = kNoFault;
-  if (info[0].IsString()) {
-    std::string s = info[0].As<Napi::String>().Utf8Value();
-    if (s == "hang") {
-      f = kHang;
-    } else if (s == "fail") {
-      f = kFail;
-    } else if (s == "crash") {
-      f = kCrash;
-    } else {
-      return BadArg(env, "RingWorker.inject('hang' | 'fail' | 'crash' | null)");
-    }
-  } else if (!info[0].IsNull() && !info[0].IsUndefined()) {
-    return BadArg(env, "RingWorker.inject('hang' | 'fail' | 'crash' | null)");
-  }
+  int f;
+  if (!ParseRingFault(info[0], &f)) return BadArg(env, "RingWorker.inject('hang' | 'fail' | 'crash' | null)");
   if (!core_) return Napi::Value();
   core_->fault.store(f, std::memory_order_release);
   core_->Wake();

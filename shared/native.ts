@@ -153,7 +153,8 @@ export interface RingWorkerClass {
    * are closed by stop(), and by attach itself if it throws (unless `fds` is not even an array of
    * fd numbers). 0 <= rank < nranks.
    */
-  attach(fds: number[], rank: number, nranks: number): RingWorker;
+  /** spinUs: how long the thread spins for the next record before it sleeps (default 50). */
+  attach(fds: number[], rank: number, nranks: number, spinUs?: number): RingWorker;
 }
 
 export interface FdInfo {
@@ -232,6 +233,24 @@ export interface GpuDeviceBuffer {
   free(): void;
 }
 
+/**
+ * The NCCL backend's end of a rank ring (see RingWorker): a native thread launches each record on
+ * the communicator set last and posts its completion once the GPU has finished it.
+ */
+export interface NcclRingWorker {
+  /**
+   * Collectives run on `comm` from now on (null: none, they fail NOT_READY). What was in flight on
+   * the previous one, and every record submitted before this call, ends ABORTED.
+   */
+  setComm(comm: GpuComm | null): void;
+  /** Lets records name buffer `id`: `bytes` usable from device address `ptr`, mapped until dropBuffer. */
+  setBuffer(id: number, ptr: bigint, bytes: number): void;
+  dropBuffer(id: number): void;
+  inject(fault: 'hang' | 'fail' | 'crash' | null): void;
+  /** Joins the thread; closes the ring's fds. Idempotent. */
+  stop(): void;
+}
+
 export interface GpuModule {
   probe(): GpuProbe;
   probeCuda(): GpuProbe;
@@ -240,6 +259,8 @@ export interface GpuModule {
   Device: new (ordinal: number) => GpuDevice;
   Comm: { initRank(device: GpuDevice, uniqueId: Uint8Array, nranks: number, rank: number): GpuComm };
   DeviceBuffer: { alloc(ordinal: number, bytes: number): GpuDeviceBuffer };
+  /** Takes ownership of fds ([memfd, submitEventfd, completeEventfd]) at once, as RingWorker.attach does. */
+  NcclRingWorker: { attach(fds: number[], spinUs?: number): NcclRingWorker };
 }
 
 export interface NativeAddon {
@@ -255,6 +276,25 @@ export interface NativeAddon {
     nranks: number,
   ): Promise<void>;
   sliceBounds(count: number, elemSize: number, rank: number, nranks: number): [number, number];
+  /**
+   * Test hook for the host backend's collective kernels (native/host_collectives.h): runs the
+   * shares of one collective (kind 0 allreduce, 1 broadcast, 2 reduce, 3 allgather,
+   * 4 reducescatter, 5 alltoall, 6 barrier) over one send and one receive buffer per rank, with
+   * NCCL's sizes and in-place conventions (a view into the receive buffer as send buffer for
+   * in-place allgather, and the reverse for reducescatter). Without `ranks`, every rank's share
+   * runs on a thread of its own; with it, only those shares, in that order, on this thread.
+   * Throws NCCLD_ERR_INVALID_ARG, BUFFER_TOO_SMALL, BAD_ALIGNMENT or BUFFER_OVERLAP.
+   */
+  hostCollective(
+    kind: number,
+    dtype: number,
+    op: number,
+    count: number,
+    root: number,
+    sendBuffers: (ArrayBuffer | Uint8Array)[],
+    recvBuffers: (ArrayBuffer | Uint8Array)[],
+    ranks?: number[],
+  ): void;
   RankRing: RankRingClass;
   RingWorker: RingWorkerClass;
   /** Completion codes of a RankRing: index 0 'OK', then NCCLD_ERR_* codes. Frozen. */

@@ -17,6 +17,7 @@ export class HostRank {
   constructor(
     readonly rank: number,
     readonly nranks: number,
+    private readonly spinUs: number,
   ) {}
 
   get mappedCount(): number {
@@ -27,7 +28,7 @@ export class HostRank {
   attachRing(): void {
     const fds = takeTagged(RING_TAG, 3, 'the ring');
     this.worker?.stop();
-    this.worker = native.RingWorker.attach(fds, this.rank, this.nranks);
+    this.worker = native.RingWorker.attach(fds, this.rank, this.nranks, this.spinUs);
     for (const [id, seg] of this.segments) this.worker.setBuffer(id, seg);
   }
 

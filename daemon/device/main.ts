@@ -1,11 +1,13 @@
-// Entry of a device process: the daemon forks one per rank. It holds that rank's backend, runs
-// collectives strictly in the order the daemon sends them, and exits when the daemon goes away.
+// Entry of a device process: the daemon forks one per rank. It holds that rank's backend and
+// answers the daemon's control messages (start, buffers, communicators, faults, stop); the
+// collectives themselves never reach JavaScript here: the backend's native worker takes them from
+// the rank's shared-memory ring, in the order the daemon wrote them. It exits when the daemon goes.
 import { createLogger, type Logger } from '../logger.js';
 import { ErrorCodes, NccldError, toNccldError } from '../../shared/errors.js';
 import { native } from '../../shared/native.js';
 import { HostRank } from './host-rank.js';
 import { NcclRank } from './nccl-rank.js';
-import type { DoneMessage, FromDevice, InitMessage, InjectMessage, RunMessage, ToDevice, WireError } from './messages.js';
+import type { FromDevice, InitMessage, ToDevice, WireError } from './messages.js';
 
 /** How long a rank waits for NCCL to build a communicator before giving up. */
 const COMM_TIMEOUT_MS = 120_000;
@@ -22,9 +24,6 @@ function wire(err: unknown): WireError {
 // The daemon's death closes our IPC channel: a device process never outlives it. The kernel
 // backs this up (parent-death signal, set in init) for when our event loop is stuck.
 process.on('disconnect', () => process.exit(0));
-
-/** Fault injection (only when the daemon allows it): what the next collective does. */
-let nextFault: InjectMessage['fault'] | null = null;
 
 let log: Logger | undefined;
 let host: HostRank | undefined;
@@ -46,8 +45,8 @@ function init(msg: InitMessage): void {
     process.kill(process.pid, 'SIGKILL');
   }
   try {
-    if (msg.backend === 'nccl') nccl = new NcclRank(msg.rank, msg.nranks, msg.device!);
-    else host = new HostRank(msg.rank, msg.nranks);
+    if (msg.backend === 'nccl') nccl = new NcclRank(msg.rank, msg.nranks, msg.device!, msg.ringSpinUs);
+    else host = new HostRank(msg.rank, msg.nranks, msg.ringSpinUs);
   } catch (err) {
     log.error({ err }, 'device process cannot start its backend');
     send({ t: 'ready', pid: process.pid, deviceName: null, error: wire(err) });
@@ -59,45 +58,11 @@ function init(msg: InitMessage): void {
   send({ t: 'ready', pid: process.pid, deviceName, deviceUuid });
 }
 
-/** Completions of one event-loop turn, sent as one message: a message each costs the daemon a wake and a parse. */
-let doneBox: DoneMessage[] = [];
-
-function flushDone(): void {
-  const list = doneBox;
-  doneBox = [];
-  if (list.length === 1) send(list[0]);
-  else if (list.length > 1) send({ t: 'dones', list });
-}
-
-function reportDone(msg: DoneMessage): void {
-  doneBox.push(msg);
-  if (doneBox.length === 1) setImmediate(flushDone);
-}
-
-function done(seq: number, work: Promise<void>): Promise<void> {
-  return work.then(
-    () => reportDone({ t: 'done', seq }),
-    (err) => reportDone({ t: 'done', seq, error: wire(err) }),
-  );
-}
-
-/** NCCL ranks only: host ranks take collectives from their ring, in native code. */
-function run(msg: RunMessage): void {
-  if (nextFault) injectFault(msg);
-  else if (nccl) void done(msg.seq, nccl.submit(msg));
-  else void done(msg.seq, Promise.reject(new NccldError(ErrorCodes.INTERNAL, 'a host rank got a collective on the fork channel')));
-}
-
-function injectFault(msg: RunMessage): void {
-  const fault = nextFault;
-  nextFault = null;
-  log?.warn({ fault, seq: msg.seq }, 'injected fault fires');
-  if (fault === 'crash') process.kill(process.pid, 'SIGKILL');
-  if (fault === 'fail') {
-    const code = nccl ? ErrorCodes.NCCL : ErrorCodes.INTERNAL;
-    void done(msg.seq, Promise.reject(new NccldError(code, 'injected failure (fault injection)')));
-  }
-  // 'hang': never run it, never answer; the daemon's deadline finds this rank.
+/** This process's rank, whichever backend it runs. */
+function backend(): HostRank | NcclRank {
+  const b = host ?? nccl;
+  if (!b) throw new NccldError(ErrorCodes.NOT_READY, 'this device process has no backend (its init failed)');
+  return b;
 }
 
 function reply(call: number, work: () => unknown): void {
@@ -130,12 +95,6 @@ process.on('message', (raw) => {
         (err) => send({ t: 'commReady', generation: msg.generation, error: wire(err) }),
       );
       break;
-    case 'run':
-      run(msg);
-      break;
-    case 'runs':
-      for (const job of msg.jobs) run(job);
-      break;
     case 'abort':
       // The world broke: nothing may wait on a peer that is gone. Pending collectives reject.
       nccl?.abortComm();
@@ -145,10 +104,10 @@ process.on('message', (raw) => {
       break;
     case 'inject':
       log?.warn({ fault: msg.fault }, 'fault injected for the next collective');
-      reply(msg.call, () => (host ? host.inject(msg.fault) : void (nextFault = msg.fault)));
+      reply(msg.call, () => backend().inject(msg.fault));
       break;
     case 'ring':
-      reply(msg.call, () => host!.attachRing());
+      reply(msg.call, () => backend().attachRing());
       break;
     case 'map':
       reply(msg.call, () => host!.map(msg.id));

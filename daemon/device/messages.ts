@@ -1,15 +1,8 @@
 // Messages between the daemon and its device processes, over the fork IPC channel
 // (advanced serialization, so Buffers and bigints pass as they are). Daemon-internal: clients never see these.
-import type { DType, ReduceOp } from '../../shared/dtypes.js';
 
 export type Backend = 'host' | 'nccl';
 
-
-/** A registered buffer and a byte offset into it, as a rank sees it. */
-export interface RunBuffer {
-  id: number;
-  offset: number;
-}
 
 /** Daemon → device: sent once, right after the fork. */
 export interface InitMessage {
@@ -20,6 +13,8 @@ export interface InitMessage {
   /** CUDA ordinal (nccl backend only). */
   device: number | null;
   logLevel: string;
+  /** How long the ring worker spins for the next collective before it sleeps. */
+  ringSpinUs: number;
   /** The daemon's pid: the device process asks the kernel to kill it if that process dies. */
   parentPid: number;
   /** Fault injection: crash right after start (a crash loop, for the restart budget). */
@@ -50,25 +45,7 @@ export interface UniqueIdRequest {
   t: 'uniqueId';
 }
 
-export interface RunMessage {
-  t: 'run';
-  seq: number;
-  kind: 'allreduce';
-  dtype: DType;
-  op: ReduceOp;
-  count: number;
-  /** Host backend: every rank's buffer, since each rank reduces its slice across all of them.
-   *  NCCL backend: this rank's buffer only. */
-  buffers: RunBuffer[];
-}
-
-/** Daemon → device: the collectives of one event-loop turn, in order (one message instead of many). */
-export interface RunsMessage {
-  t: 'runs';
-  jobs: RunMessage[];
-}
-
-/** Daemon → device: drop these registered buffers, after every collective already sent that uses them. */
+/** Daemon → device: drop these registered buffers, once no collective sent uses them. */
 export interface UnmapMessage {
   t: 'unmap';
   call: number;
@@ -96,7 +73,7 @@ export interface StatsRequest {
   call: number;
 }
 
-/** Daemon → device (host): attach the ring whose descriptors wait on the fd channel, tagged RING_TAG. */
+/** Daemon → device: attach the ring whose descriptors wait on the fd channel, tagged RING_TAG. */
 export interface RingMessage {
   t: 'ring';
   call: number;
@@ -124,8 +101,6 @@ export type ToDevice =
   | InitMessage
   | CommMessage
   | UniqueIdRequest
-  | RunMessage
-  | RunsMessage
   | UnmapMessage
   | MapMessage
   | OpenMessage
@@ -170,21 +145,9 @@ export interface WireError {
   message: string;
 }
 
-export interface DoneMessage {
-  t: 'done';
-  seq: number;
-  error?: WireError;
-}
-
-/** Device → daemon: the completions of one event-loop turn. */
-export interface DonesMessage {
-  t: 'dones';
-  list: DoneMessage[];
-}
-
 export interface FatalMessage {
   t: 'fatal';
   error: WireError;
 }
 
-export type FromDevice = ReadyMessage | UniqueIdMessage | CommReadyMessage | CallReply | DoneMessage | DonesMessage | FatalMessage;
+export type FromDevice = ReadyMessage | UniqueIdMessage | CommReadyMessage | CallReply | FatalMessage;

@@ -1,20 +1,20 @@
-// A rank of the NCCL backend: one GPU, one NCCL communicator, client buffers opened from CUDA IPC
-// handles once, at registration, and kept under their registration number. Collectives are handed
-// to the comm's native worker in arrival order (that order is the global one) and each reply waits
-// for the GPU to finish. A mapping is closed only once no collective uses it.
-import { native, type GpuComm, type GpuDevice, type IpcMapping } from '../../shared/native.js';
-import { DTYPES, REDUCE_OPS } from '../../shared/dtypes.js';
+// A rank of the NCCL backend: one GPU, one NCCL communicator per world generation, client buffers
+// opened from CUDA IPC handles once, at registration, and kept under their registration number.
+// Collectives never pass through JavaScript here: a native thread (NcclRingWorker) takes them
+// from the shared-memory ring the daemon made, in the daemon's order (the global one), launches
+// them on the communicator and posts each completion once the GPU has finished it. The daemon
+// unmaps a buffer only once no collective uses it, so a mapping closed here is never in flight.
+import { native, type GpuComm, type GpuDevice, type IpcMapping, type NcclRingWorker } from '../../shared/native.js';
 import { ErrorCodes, NccldError } from '../../shared/errors.js';
-import type { RunMessage } from './messages.js';
+import type { InjectMessage } from './messages.js';
+import { RING_TAG, takeTagged } from './fd-channel.js';
 
 interface OpenBuffer {
   mapping: IpcMapping;
   /** The handle in hex: two registrations of one handle share the mapping (CUDA maps it once). */
   key: string;
-  /** Registrations naming it. */
+  /** Registrations naming it: closed when none is left. */
   refs: number;
-  /** Collectives in flight on it: it is closed only when refs and users are both 0. */
-  users: number;
 }
 
 /** How often a communicator still being built is polled; NCCL does the work on its own threads. */
@@ -23,6 +23,7 @@ const COMM_POLL_MS = 5;
 export class NcclRank {
   readonly device: GpuDevice;
   private comm: GpuComm | null = null;
+  private worker: NcclRingWorker | null = null;
   generation = -1;
   private readonly byId = new Map<number, OpenBuffer>();
   private readonly byHandle = new Map<string, OpenBuffer>();
@@ -31,6 +32,7 @@ export class NcclRank {
     readonly rank: number,
     readonly nranks: number,
     readonly ordinal: number,
+    private readonly spinUs: number,
   ) {
     this.device = new (gpu().Device)(ordinal);
   }
@@ -38,6 +40,20 @@ export class NcclRank {
   /** A fresh NCCL unique id: rank 0 makes it, the daemon hands it to every rank. */
   static uniqueId(): Uint8Array {
     return gpu().getUniqueId();
+  }
+
+  /** Attaches the ring whose descriptors the daemon sent on the fd channel; starts the worker thread. */
+  attachRing(): void {
+    const fds = takeTagged(RING_TAG, 3, 'the ring');
+    this.worker?.stop();
+    this.worker = gpu().NcclRingWorker.attach(fds, this.spinUs);
+    for (const [id, b] of this.byId) this.worker.setBuffer(id, b.mapping.ptr, usableBytes(b.mapping));
+    if (this.comm) this.worker.setComm(this.comm);
+  }
+
+  /** Fault injection: what the worker does with its next collective. */
+  inject(fault: InjectMessage['fault']): void {
+    this.worker?.inject(fault);
   }
 
   /** Joins the communicator of a generation; resolves when NCCL says it is ready. */
@@ -55,11 +71,15 @@ export class NcclRank {
       }
       await new Promise((r) => setTimeout(r, COMM_POLL_MS));
     }
+    // Records submitted before this point belonged to an earlier communicator: the worker fails them.
+    this.worker?.setComm(comm);
   }
 
+  /** The world broke: the worker lets go of the comm (what it ran ends ABORTED), then NCCL aborts it. */
   abortComm(): void {
     const comm = this.comm;
     this.comm = null;
+    this.worker?.setComm(null);
     comm?.abort();
   }
 
@@ -71,28 +91,9 @@ export class NcclRank {
       b = this.byHandle.get(key) ?? this.openHandle(key, ipc);
       b.refs++;
       this.byId.set(id, b);
+      this.worker?.setBuffer(id, b.mapping.ptr, usableBytes(b.mapping));
     }
     return { size: usableBytes(b.mapping), device: b.mapping.device };
-  }
-
-  /** Hands the collective to NCCL now (so order is kept) and resolves when the GPU has finished it. */
-  submit(job: RunMessage): Promise<void> {
-    const comm = this.comm;
-    if (!comm) return Promise.reject(new NccldError(ErrorCodes.NOT_READY, `rank ${this.rank} has no communicator`));
-    const slot = job.buffers[0];
-    const b = this.byId.get(slot.id);
-    if (!b) return Promise.reject(new NccldError(ErrorCodes.NO_SUCH_BUFFER, `rank ${this.rank}: buffer ${slot.id} is not open here`));
-    const info = DTYPES[job.dtype];
-    const end = slot.offset + job.count * info.bytes;
-    const size = usableBytes(b.mapping);
-    if (end > size) {
-      return Promise.reject(new NccldError(ErrorCodes.BUFFER_TOO_SMALL, `rank ${this.rank}: the collective needs ${end} bytes, the allocation holds ${size}`));
-    }
-    b.users++;
-    return comm.allReduce(b.mapping.ptr + BigInt(slot.offset), job.count, info.nccl, REDUCE_OPS[job.op]).finally(() => {
-      b.users--;
-      this.closeIfUnused(b);
-    });
   }
 
   /** Drops registrations; a mapping is closed once nothing names or uses it. */
@@ -100,6 +101,7 @@ export class NcclRank {
     for (const id of ids) {
       const b = this.byId.get(id);
       if (!b) continue;
+      this.worker?.dropBuffer(id);
       this.byId.delete(id);
       b.refs--;
       this.closeIfUnused(b);
@@ -111,6 +113,9 @@ export class NcclRank {
   }
 
   shutdown(): void {
+    // The worker goes first: nothing may be launched on the comm or the buffers after this.
+    this.worker?.stop();
+    this.worker = null;
     this.unmap([...this.byId.keys()]);
     const comm = this.comm;
     this.comm = null;
@@ -138,13 +143,13 @@ export class NcclRank {
       this.device.closeIpcHandle(mapping.ptr);
       throw new NccldError(ErrorCodes.WRONG_DEVICE, `the buffer lives on device ${mapping.device}, not on rank ${this.rank}'s device ${this.ordinal}`);
     }
-    const b: OpenBuffer = { mapping, key, refs: 0, users: 0 };
+    const b: OpenBuffer = { mapping, key, refs: 0 };
     this.byHandle.set(key, b);
     return b;
   }
 
   private closeIfUnused(b: OpenBuffer): void {
-    if (b.refs > 0 || b.users > 0 || this.byHandle.get(b.key) !== b) return;
+    if (b.refs > 0 || this.byHandle.get(b.key) !== b) return;
     this.byHandle.delete(b.key);
     this.device.closeIpcHandle(b.mapping.ptr);
   }

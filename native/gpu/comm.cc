@@ -26,6 +26,9 @@ struct InitData {
 
 constexpr std::size_t kDefaultDestroyTimeoutMs = 10000;
 
+// Marks JS objects that really are Comms (napi_type_tag).
+const napi_type_tag kCommTag = {0x6e63636c64436f6dULL, 0x6d756e696361746fULL};
+
 void AbortRaw(const std::shared_ptr<DeviceContext>& dev, nccl::Comm comm) {
   ScopedContext scope(dev->context());
   NcclLib::Get().api().CommAbort(comm);
@@ -123,6 +126,14 @@ Comm::Comm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Comm>(info), env_(
   data->comm = nullptr;  // ours now: the destructor aborts it if construction fails below
   nranks_ = data->nranks;
   rank_ = data->rank;
+  info.This().As<Napi::Object>().TypeTag(&kCommTag);
+  if (env.IsExceptionPending()) return;
+  shared_ = std::make_shared<SharedComm>();
+  shared_->comm = comm_;
+  shared_->ctx = dev_->context();
+  shared_->stream = dev_->stream();
+  shared_->rank = rank_;
+  shared_->nranks = nranks_;
 
   bridge_ = new Bridge{this};
   tsfn_ = Tsfn::New(env, "nccld.allReduce", 0, 1, bridge_, &Comm::FinalizeBridge);
@@ -138,7 +149,7 @@ Comm::Comm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Comm>(info), env_(
 
   Tsfn tsfn = tsfn_;
   try {
-    worker_.reset(new CommWorker(comm_, dev_->context(), dev_->stream(), [tsfn](CommCompletion* c) {
+    worker_.reset(new CommWorker(shared_, [tsfn](CommCompletion* c) {
       if (tsfn.NonBlockingCall(c) != napi_ok) delete c;  // closing: nobody left to tell
     }));
   } catch (const std::system_error& e) {
@@ -149,6 +160,13 @@ Comm::Comm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Comm>(info), env_(
 Comm::~Comm() {
   Shutdown(nullptr, false, 0);
   if (bridge_ != nullptr) bridge_->owner = nullptr;  // completions still queued are ignored
+}
+
+std::shared_ptr<SharedComm> Comm::SharedFromValue(const Napi::Value& value) {
+  if (!value.IsObject() || !value.As<Napi::Object>().CheckTypeTag(&kCommTag)) return nullptr;
+  Comm* comm = Comm::Unwrap(value.As<Napi::Object>());
+  if (comm == nullptr || comm->comm_ == nullptr) return nullptr;
+  return comm->shared_;
 }
 
 void Comm::OnEnvCleanup(void* self) {
@@ -197,7 +215,12 @@ void Comm::Hold(Napi::Env env, bool hold) {
 
 GpuError Comm::Shutdown(napi_env env, bool finalize, std::size_t timeoutMs) {
   GpuError result;
-  if (worker_) worker_->Stop();  // from here on no other thread touches comm_
+  if (worker_) worker_->Stop();
+  if (shared_) {
+    // Waits out a call another thread is making; from here on no other thread touches comm_.
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    shared_->closed = true;
+  }
   if (comm_ != nullptr) {
     const NcclLib& lib = NcclLib::Get();
     ScopedContext scope(dev_->context());

@@ -8,6 +8,7 @@
 #include "comm_worker.h"
 #include "device_context.h"
 #include "nccl_api.h"
+#include "shared_comm.h"
 
 namespace nccld {
 
@@ -21,6 +22,10 @@ class Comm : public Napi::ObjectWrap<Comm> {
   static Napi::Function Define(Napi::Env env);
   explicit Comm(const Napi::CallbackInfo& info);  // only via Comm.initRank
   ~Comm() override;
+
+  // The communicator of a live gpu.Comm, for another native thread to drive (see SharedComm);
+  // null if `value` is not a Comm or it is closed.
+  static std::shared_ptr<SharedComm> SharedFromValue(const Napi::Value& value);
 
  private:
   struct Bridge {  // TSFN context: outlives this object if completions are still queued
@@ -54,6 +59,7 @@ class Comm : public Napi::ObjectWrap<Comm> {
   napi_env env_;
   std::shared_ptr<DeviceContext> dev_;
   nccl::Comm comm_ = nullptr;
+  std::shared_ptr<SharedComm> shared_;  // comm_ as other threads borrow it; closed before it is freed
   int rank_ = -1;
   int nranks_ = 0;
   std::unique_ptr<CommWorker> worker_;

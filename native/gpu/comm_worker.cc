@@ -3,78 +3,34 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#include <set>
 
 #include "cuda_lib.h"
+#include "exit_stop.h"
 #include "nccl_lib.h"
+#include "poll_backoff.h"
 
 namespace nccld {
 
 namespace {
 
 constexpr std::size_t kMaxInflight = 64;  // bounds GPU queue depth (a full launch queue blocks)
-constexpr unsigned kSpinPolls = 64;       // yield-only polls before we start sleeping
-
-constexpr unsigned kMaxSleepUs = 200;     // worst added latency once an op runs long
-
-// Delay before poll number `attempt`: 0 (just yield) for the first polls so short ops complete
-// with microsecond latency, then 10us doubling up to kMaxSleepUs so a long or stuck op costs
-// little CPU (~5k cheap wakeups/s at worst).
-std::chrono::microseconds PollDelay(unsigned attempt) {
-  if (attempt < kSpinPolls) return std::chrono::microseconds(0);
-  unsigned shift = std::min(attempt - kSpinPolls, 5u);
-  return std::chrono::microseconds(std::min(10u << shift, kMaxSleepUs));
-}
-
-void Pause(unsigned attempt) {
-  std::chrono::microseconds d = PollDelay(attempt);
-  if (d.count() == 0) {
-    std::this_thread::yield();
-  } else {
-    std::this_thread::sleep_for(d);
-  }
-}
-
-// Live workers, stopped by an exit handler: process.exit() runs exit() without Node's
-// environment cleanup, and a worker still polling CUDA while libcuda's own exit handlers run
-// could crash the exiting process. Leaked so they outlive static destruction.
-std::mutex& RegistryMutex() {
-  static std::mutex* mu = new std::mutex();
-  return *mu;
-}
-std::set<CommWorker*>& Registry() {
-  static std::set<CommWorker*>* live = new std::set<CommWorker*>();
-  return *live;
-}
-
-void StopAllAtExit() {
-  std::set<CommWorker*> live;
-  {
-    std::lock_guard<std::mutex> lock(RegistryMutex());
-    live.swap(Registry());
-  }
-  for (CommWorker* w : live) w->Stop();
-}
-
 }  // namespace
 
-CommWorker::CommWorker(nccl::Comm comm, cu::Context ctx, cu::Stream stream, Notify notify)
-    : comm_(comm), ctx_(ctx), stream_(stream), notify_(std::move(notify)) {
-  // Registered after cuInit and NCCL loaded, so it runs before their exit handlers.
-  static std::once_flag atExitOnce;
-  std::call_once(atExitOnce, [] { std::atexit(StopAllAtExit); });
+CommWorker::CommWorker(std::shared_ptr<SharedComm> shared, Notify notify)
+    : shared_(std::move(shared)),
+      comm_(shared_->comm),
+      ctx_(shared_->ctx),
+      stream_(shared_->stream),
+      notify_(std::move(notify)),
+      callMu_(shared_->mu) {
   thread_ = std::thread(&CommWorker::Run, this);
-  std::lock_guard<std::mutex> lock(RegistryMutex());
-  Registry().insert(this);
+  StopAtExit(this, [this] { Stop(); });
 }
 
 CommWorker::~CommWorker() { Stop(); }
 
 void CommWorker::Stop() {
-  {
-    std::lock_guard<std::mutex> lock(RegistryMutex());
-    Registry().erase(this);
-  }
+  ForgetAtExit(this);
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -237,7 +193,7 @@ bool CommWorker::WaitSettled(const char* call, GpuError* err) {
       return true;
     }
     if (stopping_.load()) return false;
-    Pause(attempt);
+    PollPause(attempt);
   }
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "cuda_api.h"
 #include "gpu_error.h"
 #include "nccl_api.h"
+#include "shared_comm.h"
 
 namespace nccld {
 
@@ -41,7 +43,7 @@ class CommWorker {
  public:
   using Notify = std::function<void(CommCompletion*)>;  // receives ownership
 
-  CommWorker(nccl::Comm comm, cu::Context ctx, cu::Stream stream, Notify notify);
+  CommWorker(std::shared_ptr<SharedComm> shared, Notify notify);
   ~CommWorker();  // Stop()
   CommWorker(const CommWorker&) = delete;
   CommWorker& operator=(const CommWorker&) = delete;
@@ -71,12 +73,13 @@ class CommWorker {
   void FailAll(const GpuError& err);         // the comm is unusable: fail everything, now and later
   void DropEvent(cu::Event ev, bool reusable);
 
+  const std::shared_ptr<SharedComm> shared_;
   const nccl::Comm comm_;
   const cu::Context ctx_;
   const cu::Stream stream_;
   const Notify notify_;
 
-  std::mutex callMu_;  // serializes NCCL calls on comm_ (worker and QueryAsync)
+  std::mutex& callMu_;  // the shared comm's: serializes NCCL calls on comm_
 
   std::mutex mu_;      // guards queue_ and stop_
   std::condition_variable cv_;

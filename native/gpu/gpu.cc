@@ -8,6 +8,7 @@
 #include "device_buffer.h"
 #include "gpu_error.h"
 #include "nccl_lib.h"
+#include "nccl_ring_worker.h"
 
 namespace nccld {
 namespace {
@@ -112,5 +113,6 @@ void InitGpu(Napi::Env env, Napi::Object exports) {
   gpu.Set("Device", nccld::Device::Define(env));
   gpu.Set("Comm", nccld::Comm::Define(env));
   gpu.Set("DeviceBuffer", nccld::DeviceBuffer::Define(env));
+  gpu.Set("NcclRingWorker", nccld::NcclRingWorker::Define(env));
   exports.Set("gpu", gpu);
 }

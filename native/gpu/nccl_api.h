@@ -75,6 +75,15 @@ struct Api {
   Result (*CommGetAsyncError)(Comm, Result*);                         // ncclCommGetAsyncError
   Result (*AllReduce)(const void*, void*, std::size_t, int /*ncclDataType_t*/,
                       int /*ncclRedOp_t*/, Comm, cu::Stream);          // ncclAllReduce
+  Result (*Broadcast)(const void*, void*, std::size_t, int, int /*root*/, Comm, cu::Stream);  // ncclBroadcast
+  Result (*Reduce)(const void*, void*, std::size_t, int, int, int /*root*/, Comm, cu::Stream); // ncclReduce
+  Result (*AllGather)(const void*, void*, std::size_t, int, Comm, cu::Stream);      // ncclAllGather
+  Result (*ReduceScatter)(const void*, void*, std::size_t, int, int, Comm, cu::Stream); // ncclReduceScatter
+  Result (*Send)(const void*, std::size_t, int, int /*peer*/, Comm, cu::Stream);    // ncclSend
+  Result (*Recv)(void*, std::size_t, int, int /*peer*/, Comm, cu::Stream);          // ncclRecv
+  Result (*GroupStart)();                                             // ncclGroupStart
+  Result (*GroupEnd)();                                               // ncclGroupEnd
+  Result (*CommSplit)(Comm, int /*color*/, int /*key*/, Comm*, Config*); // ncclCommSplit
   Result (*CommFinalize)(Comm);                                       // ncclCommFinalize
   Result (*CommDestroy)(Comm);                                        // ncclCommDestroy
   Result (*CommAbort)(Comm);                                          // ncclCommAbort

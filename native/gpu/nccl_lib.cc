@@ -24,6 +24,15 @@ NcclLib::NcclLib() {
             Resolve(lib, "ncclCommInitRankConfig", &api_.CommInitRankConfig, &why) &&
             Resolve(lib, "ncclCommGetAsyncError", &api_.CommGetAsyncError, &why) &&
             Resolve(lib, "ncclAllReduce", &api_.AllReduce, &why) &&
+            Resolve(lib, "ncclBroadcast", &api_.Broadcast, &why) &&
+            Resolve(lib, "ncclReduce", &api_.Reduce, &why) &&
+            Resolve(lib, "ncclAllGather", &api_.AllGather, &why) &&
+            Resolve(lib, "ncclReduceScatter", &api_.ReduceScatter, &why) &&
+            Resolve(lib, "ncclSend", &api_.Send, &why) &&
+            Resolve(lib, "ncclRecv", &api_.Recv, &why) &&
+            Resolve(lib, "ncclGroupStart", &api_.GroupStart, &why) &&
+            Resolve(lib, "ncclGroupEnd", &api_.GroupEnd, &why) &&
+            Resolve(lib, "ncclCommSplit", &api_.CommSplit, &why) &&
             Resolve(lib, "ncclCommFinalize", &api_.CommFinalize, &why) &&
             Resolve(lib, "ncclCommDestroy", &api_.CommDestroy, &why) &&
             Resolve(lib, "ncclCommAbort", &api_.CommAbort, &why) &&
