@@ -3,6 +3,7 @@
 
 #include "fd_utils.h"
 #include "gpu/gpu.h"
+#include "host_collectives_binding.h"
 #include "parent_death.h"
 #include "peer_credentials.h"
 #include "rank_ring.h"
@@ -19,6 +20,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nccld::UnixConnection::Init(env, exports);
   nccld::InitFdUtils(env, exports);  // memfdCreate, fdInfo, SEALS, sendFds, recvFds...
   nccld::ReduceWorker::Init(env, exports); // reduceSlice, sliceBounds
+  nccld::InitHostCollectivesBinding(env, exports);  // hostCollective (tests)
   nccld::RankRing::Init(env, exports);     // RankRing, RANK_RING_CODES (daemon side)
   nccld::RingWorker::Init(env, exports);   // RingWorker (device side)
   nccld::InitPeerCredentials(env, exports);

@@ -165,28 +165,79 @@ void Reduce(char* const* bufs, size_t nbufs, size_t begin, size_t end, uint32_t 
   }
 }
 
-template <class C>
-ReduceFn ForFloat(int op) {
+// Reduce with read-only sources and one destination, written only after the whole block of
+// inputs has been read: that is what lets dst be one of the sources.
+template <class C, class Op>
+void ReduceInto(const char* const* srcs, size_t nsrcs, char* dst, size_t begin, size_t end, uint32_t nranks) {
+  using S = typename C::S;
+  using A = typename C::A;
+  const Op op(nranks);
+  alignas(64) A acc[kBlockElems];
+  for (size_t base = begin; base < end; base += kBlockElems) {
+    size_t n = std::min(kBlockElems, end - base);
+    size_t off = base * sizeof(S);
+    Load<C>(acc, reinterpret_cast<const S*>(srcs[0] + off), n, op);
+    for (size_t i = 1; i < nsrcs; ++i) Accumulate<C>(acc, reinterpret_cast<const S*>(srcs[i] + off), n, op);
+    if constexpr (std::is_same<S, A>::value && Op::kPlainFinish) {
+      std::memcpy(dst + off, acc, n * sizeof(S));
+    } else {
+      Finish<C>(reinterpret_cast<S*>(dst + off), acc, n, op);
+    }
+  }
+}
+
+// Kernel families: one function signature, one instance per codec x op.
+struct InPlaceKernels {
+  using Fn = ReduceFn;
+  template <class C, class Op>
+  static Fn Get() { return &Reduce<C, Op>; }
+};
+
+struct IntoKernels {
+  using Fn = ReduceIntoFn;
+  template <class C, class Op>
+  static Fn Get() { return &ReduceInto<C, Op>; }
+};
+
+template <class K, class C>
+typename K::Fn ForFloat(int op) {
   switch (op) {
-    case kSum: return &Reduce<C, PlainOp<C, Add>>;
-    case kProd: return &Reduce<C, PlainOp<C, Mul>>;
-    case kMax: return &Reduce<C, PlainOp<C, MinMax<true>>>;
-    case kMin: return &Reduce<C, PlainOp<C, MinMax<false>>>;
-    case kAvg: return &Reduce<C, AvgFloatOp<C>>;
+    case kSum: return K::template Get<C, PlainOp<C, Add>>();
+    case kProd: return K::template Get<C, PlainOp<C, Mul>>();
+    case kMax: return K::template Get<C, PlainOp<C, MinMax<true>>>();
+    case kMin: return K::template Get<C, PlainOp<C, MinMax<false>>>();
+    case kAvg: return K::template Get<C, AvgFloatOp<C>>();
     default: return nullptr;
   }
 }
 
-template <typename T>
-ReduceFn ForInt(int op) {
+template <class K, typename T>
+typename K::Fn ForInt(int op) {
   using U = NativeCodec<typename std::make_unsigned<T>::type>;
   using I = NativeCodec<T>;
   switch (op) {
-    case kSum: return &Reduce<U, PlainOp<U, Add>>;
-    case kProd: return &Reduce<U, PlainOp<U, Mul>>;
-    case kMax: return &Reduce<I, PlainOp<I, MinMax<true>>>;
-    case kMin: return &Reduce<I, PlainOp<I, MinMax<false>>>;
-    case kAvg: return &Reduce<U, AvgIntOp<U, std::is_signed<T>::value>>;
+    case kSum: return K::template Get<U, PlainOp<U, Add>>();
+    case kProd: return K::template Get<U, PlainOp<U, Mul>>();
+    case kMax: return K::template Get<I, PlainOp<I, MinMax<true>>>();
+    case kMin: return K::template Get<I, PlainOp<I, MinMax<false>>>();
+    case kAvg: return K::template Get<U, AvgIntOp<U, std::is_signed<T>::value>>();
+    default: return nullptr;
+  }
+}
+
+template <class K>
+typename K::Fn ForDType(int dtype, int op) {
+  switch (dtype) {
+    case kInt8: return ForInt<K, int8_t>(op);
+    case kUint8: return ForInt<K, uint8_t>(op);
+    case kInt32: return ForInt<K, int32_t>(op);
+    case kUint32: return ForInt<K, uint32_t>(op);
+    case kInt64: return ForInt<K, int64_t>(op);
+    case kUint64: return ForInt<K, uint64_t>(op);
+    case kFloat16: return ForFloat<K, HalfCodec>(op);
+    case kFloat32: return ForFloat<K, NativeCodec<float>>(op);
+    case kFloat64: return ForFloat<K, NativeCodec<double>>(op);
+    case kBfloat16: return ForFloat<K, Bf16Codec>(op);
     default: return nullptr;
   }
 }
@@ -215,20 +266,8 @@ void SliceBounds(uint64_t count, size_t elem_size, uint64_t rank, uint64_t nrank
   *end = std::min<u128>(u128(l1) * per_line, count);
 }
 
-ReduceFn GetReduceFn(int dtype, int op) {
-  switch (dtype) {
-    case kInt8: return ForInt<int8_t>(op);
-    case kUint8: return ForInt<uint8_t>(op);
-    case kInt32: return ForInt<int32_t>(op);
-    case kUint32: return ForInt<uint32_t>(op);
-    case kInt64: return ForInt<int64_t>(op);
-    case kUint64: return ForInt<uint64_t>(op);
-    case kFloat16: return ForFloat<HalfCodec>(op);
-    case kFloat32: return ForFloat<NativeCodec<float>>(op);
-    case kFloat64: return ForFloat<NativeCodec<double>>(op);
-    case kBfloat16: return ForFloat<Bf16Codec>(op);
-    default: return nullptr;
-  }
-}
+ReduceFn GetReduceFn(int dtype, int op) { return ForDType<InPlaceKernels>(dtype, op); }
+
+ReduceIntoFn GetReduceIntoFn(int dtype, int op) { return ForDType<IntoKernels>(dtype, op); }
 
 }  // namespace nccld

@@ -1,4 +1,5 @@
-// The host backend's reduction kernels: in-place N-way reduce of one rank's slice.
+// The host backend's reduction kernels: N-way reduce of one rank's slice, in place or into
+// a separate destination.
 #pragma once
 
 #include <cstddef>
@@ -26,5 +27,14 @@ using ReduceFn = void (*)(char* const* bufs, size_t n, size_t begin, size_t end,
 
 // nullptr for an unknown dtype/op.
 ReduceFn GetReduceFn(int dtype, int op);
+
+// Reduces elements [begin, end) of the n sources (each pointing at its element 0) into dst,
+// with the same arithmetic as ReduceFn. dst may be one of the sources (the same element
+// index): a block's inputs are all read before its result is stored. nranks is the avg divisor.
+using ReduceIntoFn = void (*)(const char* const* srcs, size_t n, char* dst, size_t begin, size_t end,
+                              uint32_t nranks);
+
+// nullptr for an unknown dtype/op.
+ReduceIntoFn GetReduceIntoFn(int dtype, int op);
 
 }  // namespace nccld
