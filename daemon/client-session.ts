@@ -13,7 +13,10 @@ import {
   isId,
   parseHello,
   parseRequest,
+  collectiveElements,
   type AllReduceRequest,
+  type BufferSlot,
+  type CollectiveRequest,
   type HelloReply,
   type RegisterRequest,
   type ReleaseRequest,
@@ -21,6 +24,7 @@ import {
 import { NCCLD_VERSION } from '../shared/version.js';
 import type { ClientProcess, ClientProcesses, Peer } from './client-process.js';
 import { Collective, type CollectiveOwner, type Slot } from './collective.js';
+import type { Groups, Member, MemberSession } from './groups.js';
 import type { FlightRecorder } from './flight-recorder.js';
 import type { Logger } from './logger.js';
 import { Registration } from './registry.js';
@@ -53,6 +57,7 @@ export interface SessionContext {
   recorder: FlightRecorder;
   limits: SessionLimits;
   processes: ClientProcesses;
+  groups: Groups;
   /** True once the daemon is shutting down: new requests are refused. */
   draining: () => boolean;
 }
@@ -60,12 +65,14 @@ export interface SessionContext {
 /** Descriptors received and not yet claimed by a register frame; more is a confused client. */
 const MAX_PENDING_FDS = 16;
 
-export class ClientSession implements CollectiveOwner {
+export class ClientSession implements CollectiveOwner, MemberSession {
   readonly connectedAt = Date.now();
   clientName: string | null = null;
   requestsServed = 0;
   /** This connection's registrations, by number. */
   readonly buffers = new Map<number, Registration>();
+  /** The groups this connection joined (or is joining), by group number. */
+  readonly memberships = new Map<number, Member>();
   closed = false;
   private helloDone = false;
   /** Ids of requests not yet answered: a second request with one of them is refused. */
@@ -196,6 +203,13 @@ export class ClientSession implements CollectiveOwner {
       switch (req.type) {
         case 'allreduce':
           return this.admitAllReduce(req);
+        case 'collective':
+          if (req.group !== undefined) return this.ctx.groups.submit(this, req, this.resolveSlot);
+          return this.admitCollective(req);
+        case 'join':
+          return this.ctx.groups.join(this, req);
+        case 'leave':
+          return this.ctx.groups.leave(this, req.group, req.id);
         case 'release':
           return this.release(req);
         case 'register':
@@ -211,59 +225,92 @@ export class ClientSession implements CollectiveOwner {
   }
 
   private admitAllReduce(req: AllReduceRequest): void {
+    this.admitCollective({ type: 'collective', id: req.id, collective: 'allreduce', dtype: req.dtype, op: req.op, count: req.count, send: req.buffers, timeoutMs: req.timeoutMs }, 'buffers');
+  }
+
+  /** A collective naming every rank's buffer (the single-client form). */
+  private admitCollective(req: CollectiveRequest, sendField = 'send'): void {
     const { limits, world, scheduler, recorder } = this.ctx;
     const timeoutMs = req.timeoutMs ?? limits.timeoutMs;
     if (timeoutMs > limits.maxTimeoutMs) {
       throw new NccldError(ErrorCodes.BAD_REQUEST, `timeoutMs ${timeoutMs} is over this daemon's limit of ${limits.maxTimeoutMs}`);
     }
+    if (req.root !== undefined && req.root >= world.size) {
+      throw new NccldError(ErrorCodes.BAD_REQUEST, `root ${req.root} is not a rank: this daemon has ${world.size}`);
+    }
     const elem = DTYPES[req.dtype].bytes;
-    const bytes = req.count * elem;
-    const slots: Slot[] = req.buffers.map((s, i) => {
-      const reg = this.buffers.get(s.buffer);
-      if (!reg) throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `buffers[${i}]: buffer ${s.buffer} is not registered on this connection`);
-      if (reg.lost) throw reg.lost;
-      if (reg.kind === 'ipc' && reg.rank !== i) {
-        throw new NccldError(ErrorCodes.WRONG_DEVICE, `buffers[${i}]: buffer ${s.buffer} is on rank ${reg.rank}'s device ${world.ranks[reg.rank].device}, but rank ${i} runs on device ${world.ranks[i].device}`);
-      }
-      const offset = s.offset ?? 0;
-      if (offset % elem !== 0) {
-        throw new NccldError(ErrorCodes.BAD_ALIGNMENT, `buffers[${i}].offset ${offset} is not a multiple of ${req.dtype}'s ${elem} bytes`);
-      }
-      if (offset + bytes > reg.bytes) {
-        throw new NccldError(ErrorCodes.BUFFER_TOO_SMALL, `buffers[${i}]: offset + count × element size is ${offset + bytes} bytes, but buffer ${s.buffer} holds ${reg.bytes}`);
-      }
-      return { reg, offset };
-    });
-    if (world.traits.ranksShareBuffers) checkNoOverlap(slots, bytes);
-    const rec = recorder.queued(this.id, this.clientName, req.id, 'allreduce', req.dtype, req.op, req.count, bytes);
-    const c = new Collective(this, req.id, 'allreduce', req.dtype, req.op, req.count, slots, Date.now() + timeoutMs, rec);
+    const need = collectiveElements(req.collective, req.count, world.size);
+    const inPlace = !req.recv;
+    // In place, one buffer is both: it must hold the larger of the two.
+    const sendBytes = (inPlace ? Math.max(need.send, need.recv) : need.send) * elem;
+    const recvBytes = need.recv * elem;
+    const send = req.send.map((s, i) => this.resolveSlot(s, i, sendBytes, sendField, i, elem));
+    const recv = req.recv ? req.recv.map((s, i) => this.resolveSlot(s, i, recvBytes, 'recv', i, elem)) : null;
+    checkNoOverlap(send, sendBytes, recv, recvBytes, sendField);
+    const rec = recorder.queued(this.id, this.clientName, req.id, req.collective, req.dtype, req.op ?? '-', req.count, need.send * elem);
+    const parts = { ranks: world.ranks.map((r) => r.rank), send, recv, comm: 0, grouped: false };
+    const c = new Collective(this, req.id, req.collective, req.dtype, req.op ?? 'sum', req.count, req.root ?? 0, parts, Date.now() + timeoutMs, rec);
     try {
       scheduler.submit(c);
     } catch (err) {
       recorder.finish(rec, toNccldError(err));
       throw err;
     }
-    for (const s of slots) s.reg.users++;
-    this.ids.add(req.id);
-    this.process.unfinished++;
+    for (const s of c.slots()) s.reg.users++;
+    this.track(req.id);
   }
 
+  /** A slot named by a request, checked: registered here, on the right device, aligned, big enough. */
+  readonly resolveSlot = (s: BufferSlot, i: number, bytes: number, field: string, rank: number, elem: number): Slot => {
+    const { world } = this.ctx;
+    const reg = this.buffers.get(s.buffer);
+    if (!reg) throw new NccldError(ErrorCodes.NO_SUCH_BUFFER, `${field}[${i}]: buffer ${s.buffer} is not registered on this connection`);
+    if (reg.lost) throw reg.lost;
+    if (reg.kind === 'ipc' && reg.rank !== rank) {
+      throw new NccldError(ErrorCodes.WRONG_DEVICE, `${field}[${i}]: buffer ${s.buffer} is on rank ${reg.rank}'s device ${world.ranks[reg.rank].device}, but rank ${rank} runs on device ${world.ranks[rank].device}`);
+    }
+    const offset = s.offset ?? 0;
+    if (offset % elem !== 0) {
+      throw new NccldError(ErrorCodes.BAD_ALIGNMENT, `${field}[${i}].offset ${offset} is not a multiple of the element size, ${elem} bytes`);
+    }
+    if (offset + bytes > reg.bytes) {
+      throw new NccldError(ErrorCodes.BUFFER_TOO_SMALL, `${field}[${i}]: offset + the ${bytes} bytes this collective needs is ${offset + bytes} bytes, but buffer ${s.buffer} holds ${reg.bytes}`);
+    }
+    return { reg, offset };
+  };
+
   answer(c: Collective, err: NccldError | null): void {
-    this.ids.delete(c.requestId);
-    if (err) return this.sendError(c.requestId, err);
-    this.requestsServed++;
-    this.send({ type: 'result', id: c.requestId, seq: c.seq });
+    this.reply(c.requestId, err ?? { seq: c.seq });
   }
 
   ended(c: Collective): void {
-    for (const s of c.slots) {
+    this.settle(c.slots());
+  }
+
+  get peerPid(): number | null {
+    return this.peer?.pid ?? null;
+  }
+
+  track(requestId: number): void {
+    this.ids.add(requestId);
+    this.process.unfinished++;
+  }
+
+  reply(requestId: number, result: Record<string, unknown> | NccldError): void {
+    this.ids.delete(requestId);
+    if (result instanceof NccldError) return this.sendError(requestId, result);
+    this.requestsServed++;
+    this.send({ type: 'result', id: requestId, ...result });
+  }
+
+  settle(slots: Iterable<Slot>): void {
+    for (const s of slots) {
       s.reg.users--;
       if (s.reg.released && s.reg.users === 0) void this.drop(s.reg);
     }
     this.process.unfinished--;
     this.ctx.processes.forgetIfIdle(this.process);
   }
-
 
   private startRegister(req: RegisterRequest, fd: number | undefined): void {
     const reg = this.newRegistration(req, fd);
@@ -501,20 +548,27 @@ export class ClientSession implements CollectiveOwner {
     this.log.info({ inFlight: this.ids.size, served: this.requestsServed, err }, 'client disconnected');
     // Its queued collectives never start; those on the ranks run to their end; then its buffers go.
     this.ctx.scheduler.cancel(this);
+    // Its groups are dissolved (or, still forming, lose its claim): no peer waits for it.
+    this.ctx.groups.sessionGone(this);
     for (const reg of [...this.buffers.values()]) void this.releaseReg(reg);
     this.ctx.processes.detach(this.process);
     this.onGone(this);
   }
 }
 
-/** Two ranks' slots in one buffer must not share bytes: each rank writes the result into all of them. */
-function checkNoOverlap(slots: Slot[], bytes: number): void {
-  if (bytes === 0) return;
-  for (let a = 0; a < slots.length; a++) {
-    for (let b = a + 1; b < slots.length; b++) {
-      if (slots[a].reg !== slots[b].reg) continue;
-      if (slots[a].offset < slots[b].offset + bytes && slots[b].offset < slots[a].offset + bytes) {
-        throw new NccldError(ErrorCodes.BUFFER_OVERLAP, `buffers[${a}] and buffers[${b}] share bytes of buffer ${slots[a].reg.id}; each rank needs its own bytes`);
+/**
+ * No two slots of one registration may share bytes: ranks write their results into them (each
+ * rank into every rank's, on the host backend). In place, a slot is both send and receive buffer.
+ */
+function checkNoOverlap(send: Slot[], sendBytes: number, recv: Slot[] | null, recvBytes: number, sendField: string): void {
+  const all = recv ? [...send.map((s, i) => ({ s, bytes: sendBytes, name: `${sendField}[${i}]` })), ...recv.map((s, i) => ({ s, bytes: recvBytes, name: `recv[${i}]` }))] : send.map((s, i) => ({ s, bytes: sendBytes, name: `${sendField}[${i}]` }));
+  for (let a = 0; a < all.length; a++) {
+    for (let b = a + 1; b < all.length; b++) {
+      const x = all[a];
+      const y = all[b];
+      if (x.s.reg !== y.s.reg || x.bytes === 0 || y.bytes === 0) continue;
+      if (x.s.offset < y.s.offset + y.bytes && y.s.offset < x.s.offset + x.bytes) {
+        throw new NccldError(ErrorCodes.BUFFER_OVERLAP, `${x.name} and ${y.name} share bytes of buffer ${x.s.reg.id}; each needs its own bytes (leave recv out to run in place)`);
       }
     }
   }

@@ -9,6 +9,7 @@ import type { ClientProcess } from './client-process.js';
 import type { Expiring } from './deadlines.js';
 import type { OpRecord } from './flight-recorder.js';
 import type { Registration } from './registry.js';
+import type { CollectiveName } from '../shared/protocol.js';
 
 export type CollectiveState = 'queued' | 'running' | 'done' | 'failed';
 
@@ -27,13 +28,45 @@ export interface CollectiveOwner {
   ended(c: Collective): void;
 }
 
+/** What a collective record asks the ranks to do: a collective, or (NCCL) communicator control. */
+export type CollectiveKind = CollectiveName | 'split' | 'free';
+
+/** Ring record kinds, in native/ring_layout.h's numbering. */
+export const RECORD_KINDS: Readonly<Record<CollectiveKind, number>> = {
+  allreduce: 0,
+  broadcast: 1,
+  reduce: 2,
+  allgather: 3,
+  reducescatter: 4,
+  alltoall: 5,
+  barrier: 6,
+  split: 7,
+  free: 8,
+};
+
+/** Who takes part and where: the world ranks, one per share, and their buffers in the same order. */
+export interface Participants {
+  /** World ranks in share order (a group's rank order); the world's own order for a single client. */
+  ranks: number[];
+  /** Each share's send buffer (empty for barrier and communicator control). */
+  send: Slot[];
+  /** Each share's receive buffer; null: in place. */
+  recv: Slot[] | null;
+  /** NCCL: the communicator (0 the world's, else a group's split one). */
+  comm: number;
+  /** A group's collective (shares are the group's ranks) rather than the world's. */
+  grouped: boolean;
+  /** split: each world rank's key in the new communicator, -1 for a rank outside it. */
+  splitKeys?: number[];
+}
+
 export class Collective implements Expiring {
   heapIndex = -1;
   seq = 0;
   state: CollectiveState = 'queued';
   /** The client has been answered already (its deadline passed while the ranks still worked). */
   replied = false;
-  /** Ranks that have not reported yet, and what each one reported. */
+  /** Ranks that have not reported yet, and what each one reported (by world rank). */
   ranksLeft = 0;
   rankErrors: (NccldError | null | undefined)[] = [];
   /** Ranks the hang watchdog found stuck on this collective. */
@@ -44,17 +77,24 @@ export class Collective implements Expiring {
   constructor(
     readonly owner: CollectiveOwner,
     readonly requestId: number,
-    readonly kind: 'allreduce',
+    readonly kind: CollectiveKind,
     readonly dtype: DType,
     readonly op: ReduceOp,
     readonly count: number,
-    readonly slots: Slot[],
+    readonly root: number,
+    readonly parts: Participants,
     public deadline: number,
     readonly rec: OpRecord,
   ) {}
 
-  /** Bytes per rank's buffer. */
+  /** Bytes per rank's send buffer. */
   get bytes(): number {
     return this.count * DTYPES[this.dtype].bytes;
+  }
+
+  /** Every buffer it uses: held (users) from admission to its end. */
+  *slots(): IterableIterator<Slot> {
+    yield* this.parts.send;
+    if (this.parts.recv) yield* this.parts.recv;
   }
 }

@@ -34,6 +34,7 @@ export interface Config {
   /** A collective unfinished on a rank after this long means the rank hangs: the world is rebuilt. */
   hangTimeoutMs: number;
   ringSpinUs: number;
+  stallWarnMs: number;
   /** How long shutdown lets queued collectives start before failing them. */
   shutdownGraceMs: number;
   /** How long a device process may take to say it is ready. */
@@ -88,6 +89,7 @@ export const SETTINGS: Setting[] = [
   { flag: 'slow-reader-ms', key: 'slowReaderMs', kind: { int: [10, 3_600_000] }, shownDefault: '10000', help: 'how long a client may stay over that before it is disconnected' },
   { flag: 'hang-timeout-ms', key: 'hangTimeoutMs', kind: { int: [100, 86_400_000] }, shownDefault: '300000', help: 'a collective unfinished on a rank after this long means a hung rank: the world is rebuilt' },
   { flag: 'ring-spin-us', key: 'ringSpinUs', kind: { int: [0, 1_000_000] }, shownDefault: '250', help: 'how long a device worker spins for the next collective before it sleeps (a core busy that long after each one; saves a wake-up per collective)' },
+  { flag: 'stall-warn-ms', key: 'stallWarnMs', kind: { int: [10, 86_400_000] }, shownDefault: '60000', help: 'a group whose members have not all sent collective k after this long is logged as stalled, naming the missing ranks (once per period)' },
   { flag: 'shutdown-grace-ms', key: 'shutdownGraceMs', kind: { int: [0, 3_600_000] }, shownDefault: '10000', help: 'on stop, how long queued collectives may still start' },
   { flag: 'start-timeout-ms', key: 'startTimeoutMs', kind: { int: [100, 3_600_000] }, shownDefault: '120000', help: 'how long a device process may take to start' },
   { flag: 'log-level', key: 'logLevel', kind: { oneOf: LOG_LEVELS }, shownDefault: 'info', help: 'pino log level' },
@@ -116,6 +118,7 @@ const DEFAULTS = {
   slowReaderMs: 10_000,
   hangTimeoutMs: 300_000,
   ringSpinUs: 250,
+  stallWarnMs: 60_000,
   shutdownGraceMs: 10_000,
   startTimeoutMs: 120_000,
   logLevel: 'info',

@@ -10,6 +10,7 @@ import { DebugCommands } from './debug-commands.js';
 import { DebugServer } from './debug-server.js';
 import type { Logger } from './logger.js';
 import { FlightRecorder } from './flight-recorder.js';
+import { Groups } from './groups.js';
 import { Scheduler } from './scheduler.js';
 import { Stats } from './stats.js';
 import { Notifier, takeListenFds } from './systemd.js';
@@ -24,6 +25,7 @@ function crashedAlready(err: NccldError): void {
 export class Daemon {
   readonly world: World;
   readonly scheduler: Scheduler;
+  readonly groups: Groups;
   readonly api: ApiServer;
   readonly debug: DebugServer;
   readonly recorder = new FlightRecorder();
@@ -60,12 +62,22 @@ export class Daemon {
       this.recorder,
       this.stats,
     );
+    this.groups = new Groups({
+      world: this.world,
+      scheduler: this.scheduler,
+      recorder: this.recorder,
+      logger: log,
+      timeoutMs: cfg.timeoutMs,
+      maxTimeoutMs: cfg.maxTimeoutMs,
+      stallWarnMs: cfg.stallWarnMs,
+    });
     this.api = new ApiServer(
       {
         world: this.world,
         scheduler: this.scheduler,
         stats: this.stats,
         recorder: this.recorder,
+        groups: this.groups,
         limits: {
           maxFrameBytes: cfg.maxFrameBytes,
           maxInFlight: cfg.maxInFlight,
@@ -125,6 +137,7 @@ export class Daemon {
       const apiClosed = this.api.stopAccepting();
       await this.scheduler.drain(this.cfg.shutdownGraceMs);
       await this.world.stop();
+      this.groups.close();
       await this.api.endSessions(1_000);
       await apiClosed;
       await this.debug.close();

@@ -7,6 +7,8 @@ export interface Expiring {
   heapIndex: number;
 }
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export class DeadlineQueue<T extends Expiring> {
   private readonly heap: T[] = [];
   private timer: NodeJS.Timeout | null = null;
@@ -54,7 +56,8 @@ export class DeadlineQueue<T extends Expiring> {
     if (this.timer && this.armedFor <= first.deadline) return;
     if (this.timer) clearTimeout(this.timer);
     this.armedFor = first.deadline;
-    this.timer = setTimeout(() => this.fire(), Math.max(0, first.deadline - Date.now()));
+    // setTimeout takes at most 2^31 - 1 ms (longer fires at once): a far deadline re-arms on firing.
+    this.timer = setTimeout(() => this.fire(), Math.min(MAX_TIMER_MS, Math.max(0, first.deadline - Date.now())));
   }
 
   private fire(): void {

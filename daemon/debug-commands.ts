@@ -19,6 +19,8 @@ export const HELP = [
   '  ops [N]              flight recorder: every collective in flight and the last N (20) finished,',
   '                       with each rank\'s state, so a stuck one shows which rank has not finished',
   '  stats                limits (value, in use, refusals), counts, bytes, errors by code, latency by size',
+  '  groups               each group: members (rank, pid, device), collectives done, and for one that',
+  '                       waits, which ranks have sent which collective and since when',
   '  buffers              per rank: client buffers mapped now, CUDA IPC handles opened and closed',
   '  log-level <level>    change the log level of the daemon and its device processes',
   '  rebuild              rebuild the world now; brings a failed world back with a fresh restart budget',
@@ -109,6 +111,19 @@ export class DebugCommands {
           ],
           data: { ...s, limits },
         };
+      }
+      case 'groups': {
+        const groups = d.groups.list().map((g) => d.groups.describe(g));
+        if (groups.length === 0) return { lines: ['no groups'], data: groups };
+        const lines: string[] = [];
+        for (const g of groups) {
+          lines.push(`group ${JSON.stringify(g.name)} (#${g.number}): ${g.state}, size ${g.size}, ${g.collectivesDone} collectives done${g.reason ? `; ${g.reason}` : ''}`);
+          for (const m of g.members) lines.push(`  rank ${m.rank}: pid ${m.pid ?? '-'}, device ${m.device}, client ${m.client}, sent ${m.submitted}`);
+          for (const w of g.waiting) {
+            lines.push(`  waiting: collective ${w.collective} sent by rank${w.sent.length > 1 ? 's' : ''} ${w.sent.join(', ')} since ${w.since} (${(w.waitingMs / 1000).toFixed(1)} s); missing rank${w.missing.length > 1 ? 's' : ''} ${w.missing.join(', ')}`);
+          }
+        }
+        return { lines, data: groups };
       }
       case 'buffers': {
         const stats = await d.world.rankStats();

@@ -11,7 +11,7 @@ import { native, type RankRing } from '../shared/native.js';
 import type { Logger } from './logger.js';
 import type { Backend, CallMessage, FromDevice, ToDevice, WireError } from './device/messages.js';
 import { RING_TAG, sendTagged } from './device/fd-channel.js';
-import type { Collective } from './collective.js';
+import { RECORD_KINDS, type Collective, type Slot } from './collective.js';
 import { DTYPES, REDUCE_OPS } from '../shared/dtypes.js';
 import { wireResourceError as resourceError } from './device/wire.js';
 import { BACKENDS } from './backends.js';
@@ -92,12 +92,14 @@ export class RankProcess extends EventEmitter {
   private readonly pending = new Map<number, Done>();
   /** The shared-memory ring collectives go through (null until attached). */
   private ring: RankRing | null = null;
-  /** Reused for every submission: one entry per slot. */
+  /** Host ranks read every rank's buffers; NCCL ranks only their own. */
+  private readonly shareBuffers: boolean;
+  /** Reused for every submission: one entry per buffer slot, and views of their first n. */
   private readonly slotIds: Uint32Array;
   private readonly slotOffsets: Float64Array;
-  /** NCCL backend: this rank's own slot. */
-  private readonly ownId: Uint32Array;
-  private readonly ownOffset: Float64Array;
+  private readonly views: { ids: Uint32Array; offsets: Float64Array }[] = [];
+  /** A record's other fields: root, comm, share, nshares, color, key. */
+  private readonly extra = new Int32Array(6);
   private readonly calls = new Map<number, Settle>();
   private nextCall = 1;
   /** Memfds waiting for room in the fd channel, in order, each with the map call that follows it. */
@@ -114,10 +116,14 @@ export class RankProcess extends EventEmitter {
     this.rank = opts.rank;
     this.device = opts.device;
     this.log = opts.logger.child({ rank: opts.rank });
-    this.slotIds = new Uint32Array(opts.nranks);
-    this.slotOffsets = new Float64Array(opts.nranks);
-    this.ownId = new Uint32Array(1);
-    this.ownOffset = new Float64Array(1);
+    this.shareBuffers = BACKENDS[opts.backend].ranksShareBuffers;
+    this.slotIds = new Uint32Array(this.recordSlots);
+    this.slotOffsets = new Float64Array(this.recordSlots);
+  }
+
+  /** Buffer slots a record holds: a send and a receive buffer per rank (host), or this rank's two (NCCL). */
+  private get recordSlots(): number {
+    return this.shareBuffers ? 2 * this.opts.nranks : NCCL_RECORD_SLOTS;
   }
 
   /** Faults to put into this rank's device processes (tests and drills; off unless enabled). */
@@ -240,30 +246,36 @@ export class RankProcess extends EventEmitter {
       process.nextTick(done, err); // never re-enter the caller's loop over the ranks
       return;
     }
-    let ids = this.slotIds;
-    let offsets = this.slotOffsets;
-    if (BACKENDS[this.opts.backend].ranksShareBuffers) {
-      const n = c.slots.length;
-      for (let i = 0; i < n; i++) {
-        this.slotIds[i] = c.slots[i].reg.id;
-        this.slotOffsets[i] = c.slots[i].offset;
-      }
-      if (n !== ids.length) {
-        ids = ids.subarray(0, n);
-        offsets = offsets.subarray(0, n);
-      }
-    } else {
-      const own = c.slots[this.rank];
-      this.ownId[0] = own.reg.id;
-      this.ownOffset[0] = own.offset;
-      ids = this.ownId;
-      offsets = this.ownOffset;
+    const p = c.parts;
+    const share = p.grouped ? p.ranks.indexOf(this.rank) : this.rank;
+    let n = 0;
+    if (this.shareBuffers) {
+      // Every share's send buffer, then every share's receive buffer unless in place.
+      for (const s of p.send) this.put(n++, s);
+      if (p.recv) for (const s of p.recv) this.put(n++, s);
+    } else if (p.send.length > 0) {
+      this.put(n++, p.send[share]);
+      if (p.recv) this.put(n++, p.recv[share]);
     }
-    if (!ring.submit(c.seq, 0, DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, ids, offsets)) {
+    const x = this.extra;
+    x[0] = c.root;
+    x[1] = p.comm;
+    x[2] = p.grouped ? share : 0;
+    x[3] = p.grouped ? p.ranks.length : 0;
+    const key = p.splitKeys ? p.splitKeys[this.rank] : 0;
+    x[4] = key < 0 ? -1 : 0;
+    x[5] = key;
+    const view = this.views[n] ?? (this.views[n] = { ids: this.slotIds.subarray(0, n), offsets: this.slotOffsets.subarray(0, n) });
+    if (!ring.submit(c.seq, RECORD_KINDS[c.kind], DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, view.ids, view.offsets, x)) {
       process.nextTick(done, new NccldError(ErrorCodes.BUSY, `rank ${this.rank}'s ring is full`));
       return;
     }
     this.pending.set(c.seq, done);
+  }
+
+  private put(i: number, s: Slot): void {
+    this.slotIds[i] = s.reg.id;
+    this.slotOffsets[i] = s.offset;
   }
 
   /** Completions from the ring: everything posted since the last wake. */
@@ -286,8 +298,7 @@ export class RankProcess extends EventEmitter {
    * from it from then on.
    */
   private async attachRing(): Promise<void> {
-    const slots = BACKENDS[this.opts.backend].ranksShareBuffers ? this.opts.nranks : NCCL_RECORD_SLOTS;
-    const ring = native.RankRing.create(RING_CAPACITY, slots);
+    const ring = native.RankRing.create(RING_CAPACITY, this.recordSlots);
     try {
       sendTagged(this.fdSocket, RING_TAG, ring.fds);
       await this.call({ t: 'ring' });

@@ -14,9 +14,10 @@ import type { World } from './world.js';
 
 export interface SchedulerOptions {
   /**
-   * Collectives handed to the ranks at once. The host backend needs 1: its ranks write into each
-   * other's buffers, so collective k+1 may start on a rank only after every rank finished k.
-   * NCCL ranks order work on their streams themselves, so they can take many.
+   * Collectives handed to the ranks at once. The host backend needs 1 per rank: its ranks write
+   * into each other's buffers, so collective k+1 may start on a rank only after every rank of k
+   * finished it (collectives on disjoint ranks, two groups', may run together). NCCL ranks order
+   * work on their streams themselves, so they can take many.
    */
   window: number;
   /** Most collectives queued or running in the whole daemon; past it, NCCLD_ERR_BUSY. */
@@ -31,6 +32,8 @@ export class Scheduler {
   private readonly turns: ClientProcess[] = [];
   private readonly deadlines = new DeadlineQueue<Collective>((c) => this.expire(c));
   private idleWaiters: (() => void)[] = [];
+  /** Window 1: collectives running on each world rank. */
+  private readonly busy: Uint16Array;
 
   constructor(
     private readonly world: World,
@@ -38,6 +41,7 @@ export class Scheduler {
     private readonly recorder: FlightRecorder,
     private readonly stats: Stats,
   ) {
+    this.busy = new Uint16Array(world.size);
     world.on('state', (state: string) => {
       if (state === 'ready') this.pump();
       else if (state === 'failed') this.failQueued(world.failedError());
@@ -115,7 +119,7 @@ export class Scheduler {
   }
 
   private pump(): void {
-    while (this.active < this.opts.window && this.turns.length > 0 && this.world.state === 'ready') {
+    while (this.turns.length > 0 && this.world.state === 'ready' && this.canStart(this.turns[0].queue[0])) {
       const p = this.turns.shift()!;
       const c = p.queue.shift()!;
       this.queued--;
@@ -125,14 +129,23 @@ export class Scheduler {
     }
   }
 
+  /** Whether the next collective in turn may go to the ranks now (the queue head waits otherwise). */
+  private canStart(c: Collective): boolean {
+    if (this.opts.window > 1) return this.active < this.opts.window;
+    for (const r of c.parts.ranks) if (this.busy[r] > 0) return false;
+    return true;
+  }
+
   private start(c: Collective): void {
     c.seq = this.nextSeq++;
     c.state = 'running';
     this.active++;
+    if (this.opts.window === 1) for (const r of c.parts.ranks) this.busy[r]++;
     this.recorder.started(c.rec, c.seq, this.world.generation, this.world.size);
     c.startedAt = performance.now();
     this.world.run(c, (err) => {
       this.active--;
+      if (this.opts.window === 1) for (const r of c.parts.ranks) this.busy[r]--;
       if (!err) this.stats.completed(c.bytes, performance.now() - c.startedAt);
       this.end(c, err);
       this.pump();

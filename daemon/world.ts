@@ -134,11 +134,16 @@ export class World extends EventEmitter {
    * rank that dies reports DEVICE_LOST through its exit). Nothing here waits on a client deadline.
    */
   run(c: Collective, onEnd: (err: NccldError | null) => void): void {
-    const n = this.size;
-    c.ranksLeft = n;
-    c.rankErrors = new Array(n);
+    const ranks = c.parts.ranks;
+    c.ranksLeft = ranks.length;
+    // Ranks outside the collective (a group's) have nothing to report: null, not undefined.
+    c.rankErrors = ranks.length === this.size ? new Array(this.size) : new Array(this.size).fill(null);
+    for (const rank of ranks) c.rankErrors[rank] = undefined;
     this.running.add(c);
-    for (const r of this.ranks) r.run(c, (err) => this.rankDone(c, r.rank, err, onEnd));
+    for (const rank of ranks) {
+      const r = this.ranks[rank];
+      r.run(c, (err) => this.rankDone(c, r.rank, err, onEnd));
+    }
   }
 
   private rankDone(c: Collective, rank: number, err: NccldError | null, onEnd: (err: NccldError | null) => void): void {
@@ -163,7 +168,7 @@ export class World extends EventEmitter {
     if (failed.length === 0) return null;
     failed.sort((a, b) => rankOfCause(a.error.code) - rankOfCause(b.error.code));
     const cause = failed[0].error;
-    const partial = this.traits.partialFailureBreaksWorld && failed.length < this.size;
+    const partial = this.traits.partialFailureBreaksWorld && failed.length < c.parts.ranks.length;
     if (partial || failed.some((f) => BREAKS_WORLD.has(f.error.code))) {
       this.breakWorld(`collective seq ${c.seq} failed: ${cause.message}`, []);
     }

@@ -205,11 +205,12 @@ Napi::Value RankRing::Submit(const Napi::CallbackInfo& info) {
   if (!IsSelf(info)) return Napi::Value();
   Napi::Env env = info.Env();
   const char* usage =
-      "RankRing.submit(seq, kind: 0, dtype, op, count, ids: Uint32Array, offsets: Float64Array): "
-      "integers >= 0, ids and offsets of one length in 1..maxBuffers";
+      "RankRing.submit(seq, kind, dtype, op, count, ids: Uint32Array, offsets: Float64Array, "
+      "extra?: Int32Array [root, comm, share, nshares, color, key]): integers >= 0, ids and offsets "
+      "of one length in 0..maxBuffers";
   uint64_t seq, count;
   int64_t kind, dtype, op;
-  if (!ToIndex(info[0], &seq) || !ToInteger(info[1], ring::kKindAllReduce, ring::kKindAllReduce, &kind) ||
+  if (!ToIndex(info[0], &seq) || !ToInteger(info[1], 0, ring::kNumRecordKinds - 1, &kind) ||
       !ToInteger(info[2], 0, kNumDTypes - 1, &dtype) || !ToInteger(info[3], 0, kNumRedOps - 1, &op) ||
       !ToIndex(info[4], &count) || !info[5].IsTypedArray() || !info[6].IsTypedArray()) {
     return BadArg(env, usage);
@@ -222,7 +223,16 @@ Napi::Value RankRing::Submit(const Napi::CallbackInfo& info) {
   Napi::Uint32Array ids = info[5].As<Napi::Uint32Array>();
   Napi::Float64Array offs = info[6].As<Napi::Float64Array>();
   size_t n = ids.ElementLength();
-  if (n < 1 || n > max_buffers_ || offs.ElementLength() != n) return BadArg(env, usage);
+  if (n > max_buffers_ || offs.ElementLength() != n) return BadArg(env, usage);
+  int32_t extra[6] = {-1, 0, 0, 0, 0, 0};
+  if (!info[7].IsUndefined()) {
+    if (!info[7].IsTypedArray() || info[7].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+        info[7].As<Napi::Int32Array>().ElementLength() != 6) {
+      return BadArg(env, usage);
+    }
+    memcpy(extra, info[7].As<Napi::Int32Array>().Data(), sizeof extra);
+    if (extra[1] < 0 || extra[2] < 0 || extra[2] > 0xffff || extra[3] < 0 || extra[3] > 0xffff) return BadArg(env, usage);
+  }
   const uint32_t* id = ids.Data();
   const double* off = offs.Data();
   for (size_t i = 0; i < n; ++i) {
@@ -251,8 +261,12 @@ Napi::Value RankRing::Submit(const Napi::CallbackInfo& info) {
   h.dtype = static_cast<uint8_t>(dtype);
   h.op = static_cast<uint8_t>(op);
   h.nbuf = static_cast<uint16_t>(n);
-  h.root = -1;
-  h.comm = 0;
+  h.root = extra[0];
+  h.comm = static_cast<uint32_t>(extra[1]);
+  h.share = static_cast<uint16_t>(extra[2]);
+  h.nshares = static_cast<uint16_t>(extra[3]);
+  h.color = extra[4];
+  h.key = extra[5];
   memcpy(rec, &h, sizeof h);
   auto* slots = reinterpret_cast<ring::BufferSlot*>(rec + sizeof h);
   for (size_t i = 0; i < n; ++i) {

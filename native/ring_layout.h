@@ -47,7 +47,12 @@ constexpr uint8_t kKindAllGather = 3;
 constexpr uint8_t kKindReduceScatter = 4;
 constexpr uint8_t kKindAllToAll = 5;
 constexpr uint8_t kKindBarrier = 6;
-constexpr uint8_t kNumKinds = 7;
+constexpr uint8_t kNumKinds = 7;  // the collectives; the kinds below are communicator control
+// NCCL only, on every rank of the world comm, in ring order like a collective: split the world
+// comm (color, key; color < 0: not a member) into communicator `comm`, or free communicator `comm`.
+constexpr uint8_t kKindSplitComm = 7;
+constexpr uint8_t kKindFreeComm = 8;
+constexpr uint8_t kNumRecordKinds = 9;
 
 // Limits, on both sides.
 constexpr uint32_t kMaxCapacity = 1u << 16;
@@ -88,15 +93,20 @@ static_assert(sizeof(Control) == 6 * kCacheLine, "control block layout");
 struct SubmitHeader {
   uint64_t seq;    // the daemon's id for the collective; echoed in its completion
   uint64_t count;  // elements
-  uint8_t kind;    // kKindAllReduce
+  uint8_t kind;    // kKind*
   uint8_t dtype;   // ncclDataType_t
   uint8_t op;      // ncclRedOp_t
   uint8_t pad0;
-  uint16_t nbuf;   // BufferSlots in use, 1..max_buffers, in rank order
+  uint16_t nbuf;   // BufferSlots in use, 0..max_buffers: every share's send, then (unless in
+                   // place) every share's receive buffer; NCCL: this rank's send (and receive)
   uint16_t pad1;
-  int32_t root;    // unused for now (rooted collectives)
-  uint32_t comm;   // unused for now (sub-communicators)
-  uint8_t reserved[32];
+  int32_t root;    // broadcast, reduce: the root's share
+  uint32_t comm;   // NCCL: 0 the world's communicator, else a split one
+  uint16_t share;  // host: this rank's share of the collective, 0..nshares-1
+  uint16_t nshares;  // host: ranks taking part (0: the whole world, share = the rank)
+  int32_t color;   // kKindSplitComm
+  int32_t key;     // kKindSplitComm
+  uint8_t reserved[20];
 };
 static_assert(sizeof(SubmitHeader) == 64, "submission record header is 64 bytes");
 static_assert(offsetof(SubmitHeader, kind) == 16 && offsetof(SubmitHeader, nbuf) == 20 &&

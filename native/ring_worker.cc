@@ -18,6 +18,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "host_collectives.h"
 #include "reduce.h"
 #include "ring_endpoint.h"
 #include "ring_layout.h"
@@ -91,7 +92,8 @@ struct RingWorker::Core {
     using Clock = std::chrono::steady_clock;
     slots.resize(ep->max_buffers());
     held.reserve(ep->max_buffers());
-    bufs.reserve(ep->max_buffers());
+    send.reserve(ep->max_buffers());
+    recv.reserve(ep->max_buffers());
     Clock::time_point idle_since = Clock::now();
     unsigned spins = 0;
     while (!stopping.load(std::memory_order_acquire)) {
@@ -147,42 +149,65 @@ struct RingWorker::Core {
     ep->Flush();
   }
 
-  // Validates a record against the buffer table and reduces this rank's slice of it.
+  // Validates a record against the buffer table and runs this rank's share of it.
   int32_t Process(const ring::SubmitHeader& h) {
-    if (h.kind != ring::kKindAllReduce || h.dtype >= kNumDTypes || h.op >= kNumRedOps || h.nbuf < 1 ||
-        h.nbuf > ep->max_buffers()) {
+    bool reduces = h.kind == ring::kKindAllReduce || h.kind == ring::kKindReduce || h.kind == ring::kKindReduceScatter;
+    bool rooted = h.kind == ring::kKindBroadcast || h.kind == ring::kKindReduce;
+    // A group's collective names its own ranks; a world's, every rank.
+    uint32_t n = h.nshares != 0 ? h.nshares : nranks;
+    uint32_t me = h.nshares != 0 ? h.share : static_cast<uint32_t>(rank);
+    if (h.kind >= ring::kNumKinds || h.dtype >= kNumDTypes || (reduces && h.op >= kNumRedOps) || me >= n ||
+        (rooted && (h.root < 0 || static_cast<uint32_t>(h.root) >= n))) {
       return ring::kBadRequest;
     }
-    size_t n = h.nbuf;
+    if (h.kind == ring::kKindBarrier) return ring::kOk;  // the daemon's join of every rank is the barrier
+    bool in_place = h.nbuf == n;
+    if ((!in_place && h.nbuf != 2 * n) || h.nbuf > ep->max_buffers() || (in_place && h.kind == ring::kKindAllToAll)) {
+      return ring::kBadRequest;
+    }
     size_t elem = DTypeSize(h.dtype);
-    ReduceFn fn = GetReduceFn(h.dtype, h.op);
-    if (elem == 0 || fn == nullptr) return ring::kInternal;
-    // The mappings are held (not just looked up) until the reduction is done: a dropBuffer()
-    // or a segment's close() meanwhile cannot unmap them under us.
+    uint64_t send_bytes, recv_bytes;
+    HostCollectiveBytes(h.kind, h.count, elem, n, &send_bytes, &recv_bytes);
+    if (send_bytes == UINT64_MAX || recv_bytes == UINT64_MAX) return ring::kBufferTooSmall;
+    // The mappings are held (not just looked up) until the share is done: a dropBuffer() or a
+    // segment's close() meanwhile cannot unmap them under us.
     struct Release {
       std::vector<Buffer>* v;
       ~Release() { v->clear(); }
     } release{&held};
     {
       std::lock_guard<std::mutex> lock(mu);
-      for (size_t i = 0; i < n; ++i) {
+      for (size_t i = 0; i < h.nbuf; ++i) {
         auto it = buffers.find(slots[i].id);
         if (it == buffers.end()) return ring::kNoSuchBuffer;
         held.push_back(it->second);
       }
     }
-    bufs.clear();
-    for (size_t i = 0; i < n; ++i) {
+    send.clear();
+    recv.clear();
+    for (size_t i = 0; i < h.nbuf; ++i) {
       uint64_t off = slots[i].offset;
       uint64_t size = held[i].size;
+      bool is_send = i < n;
+      // In place, one buffer is both: it must hold the larger of the two.
+      uint64_t need = in_place ? std::max(send_bytes, recv_bytes) : (is_send ? send_bytes : recv_bytes);
       if (off % elem != 0) return ring::kBadAlignment;
-      if (off > size || h.count > (size - off) / elem) return ring::kBufferTooSmall;
-      bufs.push_back(held[i].mapping->data() + off);
+      if (off > size || need > size - off) return ring::kBufferTooSmall;
+      char* p = held[i].mapping->data() + off;
+      (is_send ? send : recv).push_back(p);
     }
-    uint64_t begin, end;
-    SliceBounds(h.count, elem, rank, nranks, &begin, &end);
-    if (begin < end) fn(bufs.data(), n, begin, end, nranks);
-    return ring::kOk;
+    if (in_place) {
+      // NCCL's in-place pairs: AllGather's input is block i of the output, ReduceScatter's
+      // output block i of the input; the others read and write one buffer.
+      recv = send;
+      uint64_t block = h.count * elem;
+      for (uint32_t i = 0; i < n; ++i) {
+        if (h.kind == ring::kKindAllGather) send[i] += i * block;
+        if (h.kind == ring::kKindReduceScatter) recv[i] += i * block;
+      }
+    }
+    HostCollective c{h.kind, h.dtype, h.op, h.count, static_cast<uint32_t>(rooted ? h.root : 0), n, send.data(), recv.data()};
+    return RunHostShare(c, me) == kShareOk ? ring::kOk : ring::kBadRequest;
   }
 
   // Fixed at attach.
@@ -203,7 +228,8 @@ struct RingWorker::Core {
   // The thread's own.
   std::vector<ring::BufferSlot> slots;
   std::vector<Buffer> held;
-  std::vector<char*> bufs;
+  std::vector<char*> send;
+  std::vector<char*> recv;
 };
 
 void RingWorker::Init(Napi::Env env, Napi::Object exports) {

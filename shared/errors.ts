@@ -78,6 +78,18 @@ export const ErrorCodes = {
   BUFFER_CLOSED: 'NCCLD_ERR_BUFFER_CLOSED',
   /** A native object (connection, GPU device or communicator) used after it was closed. */
   CLOSED: 'NCCLD_ERR_CLOSED',
+  /** The members of a group submitted collectives that disagree (collective, dtype, op, count, root, in place). */
+  MISMATCH: 'NCCLD_ERR_MISMATCH',
+  /** A member of the group left or disconnected: the group is dissolved. */
+  PEER_LOST: 'NCCLD_ERR_PEER_LOST',
+  /** join: another member already holds this rank of the group. */
+  GROUP_RANK_TAKEN: 'NCCLD_ERR_GROUP_RANK_TAKEN',
+  /** join: the size differs from the group's, or exceeds the world. */
+  GROUP_SIZE: 'NCCLD_ERR_GROUP_SIZE',
+  /** join: another member of the group sits on this device. */
+  GROUP_DEVICE_TAKEN: 'NCCLD_ERR_GROUP_DEVICE_TAKEN',
+  /** A group number this connection does not hold. */
+  NO_SUCH_GROUP: 'NCCLD_ERR_NO_SUCH_GROUP',
   /** A bug in nccld: please report it with the daemon's log. */
   INTERNAL: 'NCCLD_ERR_INTERNAL',
 } as const;

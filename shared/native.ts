@@ -87,9 +87,9 @@ export interface RankRing {
   /** Records that fit in the submission ring (create's capacity rounded up to a power of two). */
   readonly capacity: number;
   /**
-   * Writes one collective record (kind 0 = allreduce) for the device's worker; returns false when
+   * Writes one record (kind: ring_layout.h's kKind*, 0 = allreduce) for the device's worker; returns false when
    * the submission ring is full (nothing written; never blocks, whatever state the device is in).
-   * ids/offsets: one entry per buffer, in rank order (1..maxBuffers, same length; offsets in
+   * ids/offsets: one entry per buffer, in rank order (0..maxBuffers, same length; offsets in
    * bytes). seq: any integer 0..2^53-1, echoed back in the completion. Throws NCCLD_ERR_INVALID_ARG
    * on malformed arguments (unknown dtype/op, kind != 0...), NCCLD_ERR_CLOSED after close().
    */
@@ -101,6 +101,8 @@ export interface RankRing {
     count: number,
     ids: Uint32Array,
     offsets: Float64Array,
+    /** [root, comm, share, nshares, color, key] (ring_layout.h's SubmitHeader); default [-1, 0, 0, 0, 0, 0]. */
+    extra?: Int32Array,
   ): boolean;
   /**
    * Starts watching the completion doorbell (uv_poll on the event loop): onComplete is called once
@@ -247,6 +249,8 @@ export interface NcclRingWorker {
   setBuffer(id: number, ptr: bigint, bytes: number): void;
   dropBuffer(id: number): void;
   inject(fault: 'hang' | 'fail' | 'crash' | null): void;
+  /** Communicators split from the world's (groups') that the worker holds now. */
+  readonly splitComms: number;
   /** Joins the thread; closes the ring's fds. Idempotent. */
   stop(): void;
 }

@@ -57,6 +57,79 @@ export interface AllReduceRequest {
   timeoutMs?: number;
 }
 
+/** NCCL's collectives, numbered as the rank rings number them (the index is the record's kind). */
+export const COLLECTIVES = ['allreduce', 'broadcast', 'reduce', 'allgather', 'reducescatter', 'alltoall', 'barrier'] as const;
+export type CollectiveName = (typeof COLLECTIVES)[number];
+/** The collectives that reduce, and so take an `op`. */
+export const REDUCING: ReadonlySet<CollectiveName> = new Set(['allreduce', 'reduce', 'reducescatter']);
+/** The collectives with a root. */
+export const ROOTED: ReadonlySet<CollectiveName> = new Set(['broadcast', 'reduce']);
+
+export function isCollective(x: unknown): x is CollectiveName {
+  return typeof x === 'string' && (COLLECTIVES as readonly string[]).includes(x);
+}
+
+/**
+ * Elements a rank's send and receive buffers hold for `count`, NCCL's conventions (count is what
+ * NCCL's call takes: per rank for allgather's input, reducescatter's output, alltoall's peers).
+ */
+export function collectiveElements(c: CollectiveName, count: number, n: number): { send: number; recv: number } {
+  switch (c) {
+    case 'allgather':
+      return { send: count, recv: count * n };
+    case 'reducescatter':
+      return { send: count * n, recv: count };
+    case 'alltoall':
+      return { send: count * n, recv: count * n };
+    case 'barrier':
+      return { send: 0, recv: 0 };
+    default:
+      return { send: count, recv: count };
+  }
+}
+
+/**
+ * Any collective. Without `group` (one client, every rank's buffer): `send` and `recv` hold one
+ * slot per rank. With `group` (one member of a group, its own buffer): one slot each. No `recv`:
+ * in place, as NCCL defines it (docs/protocol.md). Barrier takes no buffers, dtype or count.
+ */
+export interface CollectiveRequest {
+  type: 'collective';
+  id: number;
+  collective: CollectiveName;
+  /** A group this connection joined: the request is this member's next collective in it. */
+  group?: number;
+  dtype: DType;
+  /** Reductions only. */
+  op?: ReduceOp;
+  count: number;
+  /** broadcast and reduce: the root's rank (in the group, or in the world). */
+  root?: number;
+  send: BufferSlot[];
+  recv?: BufferSlot[];
+  timeoutMs?: number;
+}
+
+/** Joins (and, with its last member, forms) a named group of client processes. */
+export interface JoinRequest {
+  type: 'join';
+  id: number;
+  /** 1 to 128 characters. */
+  group: string;
+  size: number;
+  rank: number;
+  /** The world rank whose device this member's buffers live on. */
+  device: number;
+  timeoutMs?: number;
+}
+
+/** Leaves a group: the group is dissolved for every member. */
+export interface LeaveRequest {
+  type: 'leave';
+  id: number;
+  group: number;
+}
+
 /** Drops registrations; the memory is let go once no collective uses it any more. */
 export interface ReleaseRequest {
   type: 'release';
@@ -64,8 +137,10 @@ export interface ReleaseRequest {
   buffers: number[];
 }
 
-export type Request = RegisterRequest | AllReduceRequest | ReleaseRequest;
-export const REQUEST_TYPES: readonly Request['type'][] = ['register', 'allreduce', 'release'];
+export type Request = RegisterRequest | AllReduceRequest | CollectiveRequest | JoinRequest | LeaveRequest | ReleaseRequest;
+export const REQUEST_TYPES: readonly Request['type'][] = ['register', 'allreduce', 'collective', 'join', 'leave', 'release'];
+/** Longest group name. */
+export const MAX_GROUP_NAME = 128;
 
 export interface HelloReply {
   type: 'hello';
@@ -91,8 +166,13 @@ export interface HelloReply {
 export interface ResultReply {
   type: 'result';
   id: number;
-  /** allreduce: the global sequence number the collective ran under. */
+  /** allreduce, collective: the global sequence number the collective ran under. */
   seq?: number;
+  /** join: the group's number on this connection, its size, this member's rank, and each rank's device. */
+  group?: number;
+  size?: number;
+  rank?: number;
+  devices?: number[];
   /** register: the buffer's number, and its usable size in bytes. */
   buffer?: number;
   bytes?: number;
@@ -142,6 +222,13 @@ export function parseRequest(msg: Message, worldSize: number): Request {
   switch (msg.type) {
     case 'allreduce':
       return parseAllReduce(msg, worldSize);
+    case 'collective':
+      return parseCollective(msg, worldSize);
+    case 'join':
+      return parseJoin(msg, worldSize);
+    case 'leave':
+      if (!isId(msg.group)) throw bad('leave.group must be a group number from a join');
+      return { type: 'leave', id: msg.id, group: msg.group };
     case 'register':
       return parseRegister(msg);
     case 'release':
@@ -182,19 +269,81 @@ function parseAllReduce(msg: Message, worldSize: number): AllReduceRequest {
   if (list.length !== worldSize) {
     throw new NccldError(ErrorCodes.BUFFER_COUNT, `allreduce needs one buffer per rank: ${worldSize}, in rank order; got ${list.length}`);
   }
-  const buffers = list.map(parseSlot);
+  const buffers = list.map((b, i) => parseSlot(b, i));
   const req: AllReduceRequest = { type: 'allreduce', id: msg.id as number, dtype: msg.dtype, op: msg.op, count: msg.count, buffers };
   if (msg.timeoutMs !== undefined) req.timeoutMs = msg.timeoutMs as number;
   return req;
 }
 
+function parseTimeout(msg: Message): number | undefined {
+  if (msg.timeoutMs !== undefined && !(isCount(msg.timeoutMs) && msg.timeoutMs > 0)) {
+    throw bad('timeoutMs must be a positive integer');
+  }
+  return msg.timeoutMs as number | undefined;
+}
+
+function parseCollective(msg: Message, worldSize: number): CollectiveRequest {
+  const c = msg.collective;
+  if (!isCollective(c)) throw bad(`collective ${describe(c)} is not one of ${COLLECTIVES.join(', ')}`);
+  const grouped = msg.group !== undefined;
+  if (grouped && !isId(msg.group)) throw bad('group must be a group number from a join');
+  const timeoutMs = parseTimeout(msg);
+  const req: CollectiveRequest = { type: 'collective', id: msg.id as number, collective: c, dtype: 'u8', count: 0, send: [] };
+  if (grouped) req.group = msg.group as number;
+  if (timeoutMs !== undefined) req.timeoutMs = timeoutMs;
+  if (c === 'barrier') return req;
+  if (!isDType(msg.dtype)) {
+    throw new NccldError(ErrorCodes.BAD_DTYPE, `dtype ${describe(msg.dtype)} is not one of ${DTYPE_NAMES.join(', ')}`);
+  }
+  req.dtype = msg.dtype;
+  if (REDUCING.has(c)) {
+    if (!isReduceOp(msg.op)) throw new NccldError(ErrorCodes.BAD_OP, `op ${describe(msg.op)} is not one of ${REDUCE_OP_NAMES.join(', ')}`);
+    req.op = msg.op;
+  }
+  if (!isCount(msg.count)) throw new NccldError(ErrorCodes.BAD_COUNT, `count must be a non-negative integer, not ${describe(msg.count)}`);
+  req.count = msg.count;
+  if (ROOTED.has(c)) {
+    if (!isCount(msg.root)) throw bad(`${c} needs a root: the rank whose buffer is ${c === 'broadcast' ? 'sent' : 'written'}`);
+    req.root = msg.root;
+  }
+  // A group member names its own buffer; a single client names every rank's.
+  const want = grouped ? 1 : worldSize;
+  const slots = (field: 'send' | 'recv'): BufferSlot[] => {
+    const x = msg[field];
+    if (grouped) return [parseSlot(x, 0, field)];
+    if (!Array.isArray(x)) throw bad(`${field} must be an array: one registered buffer per rank`);
+    if (x.length !== want) throw new NccldError(ErrorCodes.BUFFER_COUNT, `${c} needs one ${field} buffer per rank: ${want}, in rank order; got ${x.length}`);
+    return x.map((b, i) => parseSlot(b, i, field));
+  };
+  req.send = slots('send');
+  if (msg.recv !== undefined && msg.recv !== null) req.recv = slots('recv');
+  else if (c === 'alltoall') throw bad('alltoall cannot run in place: give recv buffers');
+  return req;
+}
+
+function parseJoin(msg: Message, worldSize: number): JoinRequest {
+  const name = msg.group;
+  if (typeof name !== 'string' || name.length < 1 || name.length > MAX_GROUP_NAME) {
+    throw bad(`join.group must be a name of 1 to ${MAX_GROUP_NAME} characters`);
+  }
+  if (!isCount(msg.size) || msg.size < 1) throw bad('join.size must be a positive integer');
+  if (!isCount(msg.rank) || msg.rank >= msg.size) throw bad(`join.rank must be an integer from 0 to size - 1 (${msg.size - 1})`);
+  if (!isCount(msg.device) || msg.device >= worldSize) {
+    throw new NccldError(ErrorCodes.WRONG_DEVICE, `join.device must be the world rank whose device the buffers live on: 0 to ${worldSize - 1}`);
+  }
+  const req: JoinRequest = { type: 'join', id: msg.id as number, group: name, size: msg.size, rank: msg.rank, device: msg.device };
+  const timeoutMs = parseTimeout(msg);
+  if (timeoutMs !== undefined) req.timeoutMs = timeoutMs;
+  return req;
+}
+
 /** A slot is a buffer number, or a map {buffer, offset}. */
-function parseSlot(b: unknown, i: number): BufferSlot {
+function parseSlot(b: unknown, i: number, field = 'buffers'): BufferSlot {
   if (isId(b)) return { buffer: b };
-  if (typeof b !== 'object' || b === null || Array.isArray(b)) throw bad(`buffers[${i}] must be a registered buffer's number or a map {buffer, offset}`);
+  if (typeof b !== 'object' || b === null || Array.isArray(b)) throw bad(`${field}[${i}] must be a registered buffer's number or a map {buffer, offset}`);
   const slot = b as Record<string, unknown>;
-  if (!isId(slot.buffer)) throw bad(`buffers[${i}].buffer must be a registered buffer's number`);
-  if (slot.offset !== undefined && !isCount(slot.offset)) throw bad(`buffers[${i}].offset must be a non-negative integer`);
+  if (!isId(slot.buffer)) throw bad(`${field}[${i}].buffer must be a registered buffer's number`);
+  if (slot.offset !== undefined && !isCount(slot.offset)) throw bad(`${field}[${i}].offset must be a non-negative integer`);
   return slot.offset ? { buffer: slot.buffer, offset: slot.offset as number } : { buffer: slot.buffer };
 }
 

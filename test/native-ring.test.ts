@@ -319,14 +319,15 @@ t.test('the worker keeps a buffer mapped after its segment is closed', async (t)
   const other = native.ShmSegment.fromFd(fd, 'b'); // same pages, to look at afterwards
   native.closeFd(fd);
   t.teardown(() => other.close());
-  new Int32Array(other.buffer()).fill(5, 0, 8);
+  new Int32Array(other.buffer()).fill(5, 0, 4);
   r.worker.setBuffer(3, seg);
   seg.close();
   t.throws(() => r.worker.setBuffer(4, seg), { code: ErrorCodes.BUFFER_CLOSED });
-  r.ring.submit(1, 0, DTYPES.i32.nccl, SUM, 8, Uint32Array.from([3, 3]), Float64Array.from([0, 0]));
+  // Out of place in a world of 1: the first 4 ints, reduced, land in the next 4.
+  r.ring.submit(1, 0, DTYPES.i32.nccl, SUM, 4, Uint32Array.from([3, 3]), Float64Array.from([0, 16]));
   await r.until(1);
   t.same(r.done[0], { seq: 1, code: OK });
-  t.same(Array.from(new Int32Array(other.buffer(), 0, 9)), [10, 10, 10, 10, 10, 10, 10, 10, 0], 'reduced through its own mapping');
+  t.same(Array.from(new Int32Array(other.buffer(), 0, 9)), [5, 5, 5, 5, 5, 5, 5, 5, 0], 'reduced through its own mapping');
 });
 
 t.test("inject('fail') fails exactly the next record", async (t) => {
@@ -428,11 +429,12 @@ t.test('argument checks', async (t) => {
   const ids = Uint32Array.from([0]);
   const offs = Float64Array.from([0]);
   const bad: [string, () => unknown][] = [
-    ['kind 1', () => r.ring.submit(1, 1, 0, 0, 1, ids, offs)],
+    ['kind 9', () => r.ring.submit(1, 9, 0, 0, 1, ids, offs)],
     ['dtype 10', () => r.ring.submit(1, 0, 10, 0, 1, ids, offs)],
     ['op 5', () => r.ring.submit(1, 0, 0, 5, 1, ids, offs)],
     ['negative count', () => r.ring.submit(1, 0, 0, 0, -1, ids, offs)],
-    ['no buffers', () => r.ring.submit(1, 0, 0, 0, 1, new Uint32Array(0), new Float64Array(0))],
+    ['extra of 5 ints', () => r.ring.submit(1, 0, 0, 0, 1, ids, offs, new Int32Array(5))],
+    ['extra with a negative share', () => r.ring.submit(1, 0, 0, 0, 1, ids, offs, Int32Array.from([0, 0, -1, 2, 0, 0]))],
     ['more than maxBuffers', () => r.ring.submit(1, 0, 0, 0, 1, new Uint32Array(3), new Float64Array(3))],
     ['lengths differ', () => r.ring.submit(1, 0, 0, 0, 1, new Uint32Array(2), new Float64Array(1))],
     ['ids not a Uint32Array', () => r.ring.submit(1, 0, 0, 0, 1, new Int32Array(1) as unknown as Uint32Array, offs)],

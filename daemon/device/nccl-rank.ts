@@ -108,8 +108,8 @@ export class NcclRank {
     }
   }
 
-  stats(): { ipcOpens: number; ipcCloses: number; mapped: number } {
-    return { ...this.device.stats(), mapped: this.byHandle.size };
+  stats(): { ipcOpens: number; ipcCloses: number; mapped: number; splitComms: number } {
+    return { ...this.device.stats(), mapped: this.byHandle.size, splitComms: this.worker?.splitComms ?? 0 };
   }
 
   shutdown(): void {

@@ -13,6 +13,7 @@ namespace nccl {
 using Result = int;
 constexpr Result kSuccess = 0;      // ncclSuccess
 constexpr Result kInProgress = 7;   // ncclInProgress (non-blocking communicators)
+constexpr int kSplitNoColor = -1;   // NCCL_SPLIT_NOCOLOR: this rank joins no new communicator
 
 struct CommSt;
 using Comm = CommSt*;               // ncclComm_t

@@ -166,8 +166,11 @@ struct NcclRingWorker::Core {
     }
     // Stopped: what is still on the GPU is not ours to wait for. Events go back to the driver.
     FailInflight(ring::kAborted);
+    DropSplitComms();
     for (cu::Event ev : spare_events) CudaLib::Get().api().EventDestroy(ev);
     spare_events.clear();
+    if (scratch) CudaLib::Get().api().MemFree(scratch);
+    scratch = 0;
     ep->Flush();
   }
 
@@ -181,6 +184,7 @@ struct NcclRingWorker::Core {
       fence = next_fence;
     }
     FailInflight(ring::kAborted);
+    DropSplitComms();  // split from the old world's comm: gone with it
     comm_failed = ring::kOk;
     if (comm) {
       cu::Result r = CudaLib::Get().api().CtxSetCurrent(comm->ctx);  // contexts are per thread
@@ -188,10 +192,11 @@ struct NcclRingWorker::Core {
     }
   }
 
-  // Takes up to n records: those that cannot run get their completion now, the rest launch
-  // together.
+  // Takes up to n records: those that cannot run get their completion now; consecutive ones
+  // on one communicator launch together; communicator control runs in its place in the order.
   void TakeBatch(uint64_t n) {
     launches.clear();
+    batch_comm = nullptr;
     for (uint64_t i = 0; i < n && !stopping.load(std::memory_order_acquire); ++i) {
       int f = fault.load(std::memory_order_acquire);
       if (f == kHang) break;
@@ -201,6 +206,8 @@ struct NcclRingWorker::Core {
       ring::SubmitHeader h;
       ep->Take(&h, slots.data());
       int32_t code = ring::kOk;
+      bool control = h.kind == ring::kKindSplitComm || h.kind == ring::kKindFreeComm;
+      SharedComm* target = nullptr;
       if (failed) {
         code = ring::kNccl;  // as NCCL failing it would: the world breaks and is rebuilt
       } else if (index < fence) {
@@ -209,29 +216,122 @@ struct NcclRingWorker::Core {
         code = ring::kNotReady;
       } else if (comm_failed != ring::kOk) {
         code = comm_failed;
+      } else if (control) {
+        if (!launches.empty()) LaunchAll();  // what came before runs before it
+        code = h.kind == ring::kKindSplitComm ? SplitComm(h) : FreeComm(h);
+      } else if (!(target = CommFor(h.comm))) {
+        code = ring::kBadRequest;  // a communicator this rank is not in
       } else {
+        if (target != batch_comm && !launches.empty()) LaunchAll();
+        batch_comm = target;
         launches.emplace_back();
-        code = Resolve(h, &launches.back());
+        code = Resolve(h, *target, &launches.back());
         if (code != ring::kOk) launches.pop_back();
       }
-      if (code != ring::kOk && !ep->Post(h.seq, code, stopping, wake_efd)) return;
+      // Launched collectives complete when their event passes; everything else now.
+      bool launched = !control && code == ring::kOk;
+      if (!launched && !ep->Post(h.seq, code, stopping, wake_efd)) return;
     }
     if (!launches.empty()) LaunchAll();
   }
 
+  SharedComm* CommFor(uint32_t id) {
+    if (id == 0) return comm.get();
+    auto it = split_comms.find(id);
+    return it == split_comms.end() ? nullptr : it->second.get();
+  }
+
+  // ncclCommSplit of the world's communicator: a collective over every world rank, members
+  // (color >= 0) get communicator h.comm with rank h.key among h.count ranks. Waits for it.
+  int32_t SplitComm(const ring::SubmitHeader& h) {
+    const nccl::Api& api = NcclLib::Get().api();
+    if (h.comm == 0 || split_comms.count(h.comm) != 0) return ring::kBadRequest;
+    nccl::Result r = Settle(*comm);
+    nccl::Comm child = nullptr;
+    if (r == nccl::kSuccess) {
+      nccl::Config config = nccl::DefaultConfig();
+      config.blocking = 0;
+      std::lock_guard<std::mutex> lock(comm->mu);
+      r = comm->closed ? -1 : api.CommSplit(comm->comm, h.color < 0 ? nccl::kSplitNoColor : h.color, h.key, &child, &config);
+    }
+    if (r == nccl::kInProgress || r == nccl::kSuccess) r = Settle(*comm);
+    if (r == nccl::kSuccess && child != nullptr) {
+      // The child settles on its own (its state is its own async error).
+      for (unsigned attempt = 0;; ++attempt) {
+        nccl::Result state = nccl::kSuccess;
+        nccl::Result q = api.CommGetAsyncError(child, &state);
+        if (q != nccl::kSuccess) state = q;
+        if (state != nccl::kInProgress) {
+          r = state;
+          break;
+        }
+        if (stopping.load(std::memory_order_acquire)) {
+          r = -1;
+          break;
+        }
+        PollPause(attempt);
+      }
+    }
+    if (r != nccl::kSuccess) {
+      if (child != nullptr) api.CommAbort(child);
+      return r == -1 ? ring::kAborted : ring::kNccl;
+    }
+    if (child != nullptr) {
+      auto shared = std::make_shared<SharedComm>();
+      shared->comm = child;
+      shared->ctx = comm->ctx;
+      shared->stream = comm->stream;
+      shared->rank = h.key;
+      shared->nranks = static_cast<int>(h.count);
+      split_comms[h.comm] = std::move(shared);
+      live_splits.store(split_comms.size(), std::memory_order_relaxed);
+    }
+    return ring::kOk;
+  }
+
+  // Frees split communicator h.comm once the GPU is done with what was launched on it.
+  int32_t FreeComm(const ring::SubmitHeader& h) {
+    auto it = split_comms.find(h.comm);
+    if (it == split_comms.end()) return ring::kOk;  // this rank was not a member
+    for (unsigned attempt = 0; !inflight.empty() && !stopping.load(std::memory_order_acquire); ++attempt) {
+      if (!Reap()) PollPause(attempt);
+    }
+    ep->Flush();
+    NcclLib::Get().api().CommAbort(it->second->comm);  // frees it; nothing of ours runs on it now
+    split_comms.erase(it);
+    live_splits.store(split_comms.size(), std::memory_order_relaxed);
+    return ring::kOk;
+  }
+
+  void DropSplitComms() {
+    for (auto& entry : split_comms) NcclLib::Get().api().CommAbort(entry.second->comm);
+    split_comms.clear();
+    live_splits.store(0, std::memory_order_relaxed);
+  }
+
   // Checks a record against the buffer table and NCCL's rules for its collective.
-  int32_t Resolve(const ring::SubmitHeader& h, Launch* out) {
+  int32_t Resolve(const ring::SubmitHeader& h, const SharedComm& on, Launch* out) {
     bool reduces = h.kind == ring::kKindAllReduce || h.kind == ring::kKindReduce || h.kind == ring::kKindReduceScatter;
     bool rooted = h.kind == ring::kKindBroadcast || h.kind == ring::kKindReduce;
-    if (h.kind >= ring::kNumKinds || h.kind == ring::kKindBarrier || h.dtype >= kNumDTypes ||
-        (reduces && h.op >= kNumRedOps) || h.nbuf < 1 || h.nbuf > 2 || h.nbuf > ep->max_buffers() ||
-        (rooted && (h.root < 0 || h.root >= comm->nranks))) {
+    if (h.kind == ring::kKindBarrier) {
+      // NCCL has no barrier: a one-element AllReduce on a scratch word of ours is one.
+      if (!scratch && CudaLib::Get().api().MemAlloc(&scratch, sizeof(float)) != cu::kSuccess) {
+        scratch = 0;
+        return ring::kCuda;
+      }
+      void* p = reinterpret_cast<void*>(static_cast<uintptr_t>(scratch));
+      *out = Launch{h.seq, ring::kKindAllReduce, kFloat32, kSum, 0, 1, p, p};
+      return ring::kOk;
+    }
+    if (h.kind >= ring::kNumKinds || h.dtype >= kNumDTypes || (reduces && h.op >= kNumRedOps) || h.nbuf < 1 ||
+        h.nbuf > 2 || h.nbuf > ep->max_buffers() || (h.nbuf == 1 && h.kind == ring::kKindAllToAll) ||
+        (rooted && (h.root < 0 || h.root >= on.nranks))) {
       return ring::kBadRequest;
     }
     uint64_t elem = DTypeSize(h.dtype);
     if (elem == 0 || h.count > (uint64_t{1} << 48) / elem) return ring::kBadRequest;
     uint64_t need[2];
-    NcclBytes(h.kind, h.count, elem, static_cast<uint64_t>(comm->nranks), &need[0], &need[1]);
+    NcclBytes(h.kind, h.count, elem, static_cast<uint64_t>(on.nranks), &need[0], &need[1]);
     uint64_t ptr[2];
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -244,6 +344,13 @@ struct NcclRingWorker::Core {
         ptr[i] = it->second.ptr + s.offset;
       }
     }
+    if (h.nbuf == 1) {
+      // NCCL's in-place pairs: AllGather's input is this rank's block of the output,
+      // ReduceScatter's output this rank's block of the input.
+      uint64_t block = h.count * elem * static_cast<uint64_t>(on.rank);
+      if (h.kind == ring::kKindAllGather) ptr[0] += block;
+      if (h.kind == ring::kKindReduceScatter) ptr[1] += block;
+    }
     *out = Launch{h.seq, h.kind, h.dtype, h.op, h.root, h.count, reinterpret_cast<void*>(ptr[0]), reinterpret_cast<void*>(ptr[1])};
     return ring::kOk;
   }
@@ -252,16 +359,17 @@ struct NcclRingWorker::Core {
   // event behind them.
   void LaunchAll() {
     const nccl::Api& api = NcclLib::Get().api();
-    nccl::Result r = Settle();
+    SharedComm& on = *batch_comm;
+    nccl::Result r = Settle(on);
     if (r == nccl::kSuccess) {
-      std::lock_guard<std::mutex> lock(comm->mu);
-      if (comm->closed) {
+      std::lock_guard<std::mutex> lock(on.mu);
+      if (on.closed) {
         r = -1;
       } else {
         bool group = launches.size() > 1;
         if (group) r = api.GroupStart();
         for (size_t i = 0; i < launches.size() && (r == nccl::kSuccess || r == nccl::kInProgress); ++i) {
-          r = Call(api, launches[i]);
+          r = Call(api, on, launches[i]);
         }
         if (group) {
           nccl::Result end = api.GroupEnd();  // ends the group even after a failed call
@@ -270,7 +378,7 @@ struct NcclRingWorker::Core {
       }
     }
     // A non-blocking comm may still be enqueuing: the work must be on the stream before the event.
-    if (r == nccl::kInProgress) r = Settle();
+    if (r == nccl::kInProgress) r = Settle(on);
     if (r != nccl::kSuccess) {
       if (r == -1) {
         for (const Launch& l : launches) ep->Post(l.seq, ring::kAborted, stopping, wake_efd);
@@ -278,6 +386,7 @@ struct NcclRingWorker::Core {
         FailComm(ring::kNccl);
         for (const Launch& l : launches) ep->Post(l.seq, ring::kNccl, stopping, wake_efd);
       }
+      launches.clear();
       return;
     }
     const cu::Api& cuda = CudaLib::Get().api();
@@ -290,22 +399,24 @@ struct NcclRingWorker::Core {
       cr = cuda.EventCreate(&ev, cu::kEventDisableTiming);
     }
     if (cr == cu::kSuccess) {
-      cr = cuda.EventRecord(ev, comm->stream);
+      cr = cuda.EventRecord(ev, on.stream);
       if (cr != cu::kSuccess) cuda.EventDestroy(ev);
     }
     if (cr != cu::kSuccess) {
       // Enqueued, but nothing to tell us when it ends: the rank cannot go on.
       FailComm(ring::kCuda);
       for (const Launch& l : launches) ep->Post(l.seq, ring::kCuda, stopping, wake_efd);
+      launches.clear();
       return;
     }
     for (const Launch& l : launches) inflight_seqs.push_back(l.seq);
     inflight.push_back({ev, launches.size()});
+    launches.clear();
   }
 
-  nccl::Result Call(const nccl::Api& api, const Launch& l) {
-    nccl::Comm c = comm->comm;
-    cu::Stream s = comm->stream;
+  nccl::Result Call(const nccl::Api& api, const SharedComm& on, const Launch& l) {
+    nccl::Comm c = on.comm;
+    cu::Stream s = on.stream;
     size_t n = static_cast<size_t>(l.count);
     switch (l.kind) {
       case ring::kKindAllReduce: return api.AllReduce(l.send, l.recv, n, l.dtype, l.op, c, s);
@@ -317,7 +428,7 @@ struct NcclRingWorker::Core {
         // Point-to-point to every peer, in one group (NCCL's own all-to-all pattern).
         size_t chunk = n * DTypeSize(l.dtype);
         nccl::Result r = api.GroupStart();
-        for (int peer = 0; peer < comm->nranks && r == nccl::kSuccess; ++peer) {
+        for (int peer = 0; peer < on.nranks && r == nccl::kSuccess; ++peer) {
           r = api.Send(static_cast<char*>(l.send) + peer * chunk, n, l.dtype, peer, c, s);
           if (r == nccl::kSuccess) r = api.Recv(static_cast<char*>(l.recv) + peer * chunk, n, l.dtype, peer, c, s);
         }
@@ -330,14 +441,14 @@ struct NcclRingWorker::Core {
 
   // Waits until the comm has no call in progress. kSuccess, an NCCL error, or -1 once the comm
   // is closed or we are stopping.
-  nccl::Result Settle() {
+  nccl::Result Settle(SharedComm& on) {
     const nccl::Api& api = NcclLib::Get().api();
     for (unsigned attempt = 0;; ++attempt) {
       nccl::Result state = nccl::kSuccess;
       {
-        std::lock_guard<std::mutex> lock(comm->mu);
-        if (comm->closed) return -1;
-        nccl::Result r = api.CommGetAsyncError(comm->comm, &state);
+        std::lock_guard<std::mutex> lock(on.mu);
+        if (on.closed) return -1;
+        nccl::Result r = api.CommGetAsyncError(on.comm, &state);
         if (r != nccl::kSuccess) return r;
       }
       if (state != nccl::kInProgress) return state;
@@ -418,10 +529,14 @@ struct NcclRingWorker::Core {
   std::shared_ptr<SharedComm> next_comm;
   uint64_t next_fence = 0;
   std::atomic<uint64_t> comm_version{0};
+  std::atomic<size_t> live_splits{0};  // split communicators held now (for stats)
 
   // The thread's own.
   uint64_t seen_version = 0;
-  std::shared_ptr<SharedComm> comm;
+  std::shared_ptr<SharedComm> comm;  // the world's
+  std::unordered_map<uint32_t, std::shared_ptr<SharedComm>> split_comms;  // ours alone: no other thread
+  SharedComm* batch_comm = nullptr;  // what `launches` run on
+  cu::DevicePtr scratch = 0;         // barrier's word
   uint64_t fence = 0;            // records below this ring index predate the comm: ABORTED
   int32_t comm_failed = ring::kOk;  // nonzero: every record fails with it until the next comm
   std::vector<ring::BufferSlot> slots;
@@ -439,6 +554,7 @@ Napi::Function NcclRingWorker::Define(Napi::Env env) {
                                     InstanceMethod<&NcclRingWorker::SetBuffer>("setBuffer"),
                                     InstanceMethod<&NcclRingWorker::DropBuffer>("dropBuffer"),
                                     InstanceMethod<&NcclRingWorker::Inject>("inject"),
+                                    InstanceAccessor<&NcclRingWorker::SplitComms>("splitComms"),
                                     InstanceMethod<&NcclRingWorker::Stop>("stop")});
   *ctor = Napi::Persistent(cls);
   ctor->SuppressDestruct();
@@ -568,6 +684,11 @@ Napi::Value NcclRingWorker::Inject(const Napi::CallbackInfo& info) {
   core_->fault.store(f, std::memory_order_release);
   RingEventfd(core_->wake_efd);
   return Napi::Value();
+}
+
+Napi::Value NcclRingWorker::SplitComms(const Napi::CallbackInfo& info) {
+  size_t n = core_ ? core_->live_splits.load(std::memory_order_relaxed) : 0;
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
 }
 
 Napi::Value NcclRingWorker::Stop(const Napi::CallbackInfo& info) {

@@ -30,6 +30,7 @@ class NcclRingWorker : public Napi::ObjectWrap<NcclRingWorker> {
   Napi::Value SetBuffer(const Napi::CallbackInfo& info);
   Napi::Value DropBuffer(const Napi::CallbackInfo& info);
   Napi::Value Inject(const Napi::CallbackInfo& info);
+  Napi::Value SplitComms(const Napi::CallbackInfo& info);
   Napi::Value Stop(const Napi::CallbackInfo& info);
 
   std::unique_ptr<Core> core_;  // null once stopped
