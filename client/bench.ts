@@ -1,11 +1,15 @@
-// `ncclctl bench`: AllReduce time and bandwidth over a range of sizes, the way nccl-tests reports
-// them (algbw = bytes / time, busbw = algbw × 2(n−1)/n), through the daemon or, with --direct,
-// through the addon in this one process with no daemon, for the ratio of the two.
+// `ncclctl bench`: collective time and bandwidth over a range of sizes, the way nccl-tests reports
+// them (algbw = bytes / time, busbw = algbw × the collective's factor, e.g. 2(n−1)/n for
+// AllReduce), through the daemon: from one client naming every rank's buffer, or from a group of
+// member processes with one buffer each; or, for AllReduce with --direct, through the addon in
+// this one process with no daemon, for the ratio of the two.
 import { performance } from 'node:perf_hooks';
 import { native, type GpuComm, type GpuDeviceBuffer, type ShmSegment } from '../shared/native.js';
 import { DTYPES, REDUCE_OPS, type DType, type ReduceOp } from '../shared/dtypes.js';
+import type { CollectiveName } from '../shared/protocol.js';
 import type { Client } from './client.js';
-import { allocRankBuffers, freeRankBuffers } from './rank-buffers.js';
+import type { Group } from './group.js';
+import { allocBuffer, allocRankBuffers, freeRankBuffers } from './rank-buffers.js';
 
 export interface BenchOptions {
   minBytes: number;
@@ -17,28 +21,55 @@ export interface BenchOptions {
   warmup: number;
   /** One request at a time instead of `iters` in flight (latency rather than throughput). */
   serial: boolean;
+  /** Default allreduce (in place, as the allreduce request is); the others run out of place. */
+  collective?: CollectiveName;
 }
 
 export interface BenchRow {
+  /** The larger of a rank's send and receive buffer, as nccl-tests sizes them. */
   bytes: number;
+  /** Elements in those bytes. */
   count: number;
-  /** Microseconds per AllReduce: wall time over the count (with many in flight, less than a latency). */
+  /** Microseconds per collective: wall time over the count (with many in flight, less than a latency). */
   us: number;
-  /** Latency of one AllReduce, from call to resolution, in microseconds: median and 99th percentile. */
+  /** Latency of one collective, from call to resolution, in microseconds: median and 99th percentile. */
   p50us: number;
   p99us: number;
   algBwGBps: number;
   busBwGBps: number;
 }
 
-/** One AllReduce of `count` elements. */
+/** One collective with NCCL's `count`. */
 type RunOnce = (count: number) => Promise<unknown>;
 
 export function sizes(o: BenchOptions): number[] {
+  if (o.collective === 'barrier') return [0];
   const out: number[] = [];
   const elem = DTYPES[o.dtype].bytes;
   for (let b = o.minBytes; b <= o.maxBytes; b = Math.max(b + elem, Math.floor(b * o.factor))) out.push(Math.max(elem, b - (b % elem)));
   return out;
+}
+
+/** The collectives whose larger buffer holds one block of `count` elements per rank. */
+const PER_PEER: ReadonlySet<CollectiveName> = new Set(['allgather', 'reducescatter', 'alltoall']);
+
+/** NCCL's count for a buffer of about `bytes`, and the bytes that count takes (at least one element per rank). */
+function shape(c: CollectiveName, bytes: number, elem: number, n: number): { count: number; bytes: number } {
+  if (!PER_PEER.has(c)) return { count: bytes / elem, bytes };
+  const count = Math.max(1, Math.floor(bytes / elem / n));
+  return { count, bytes: count * n * elem };
+}
+
+/** busbw / algbw, nccl-tests' factors: what each rank's links carry relative to its buffer. */
+function busFactor(c: CollectiveName, n: number): number {
+  if (n === 1) return 1;
+  if (c === 'allreduce') return (2 * (n - 1)) / n;
+  return PER_PEER.has(c) ? (n - 1) / n : 1;
+}
+
+/** Bytes each rank's buffers need for every size of the run. */
+function bufferBytes(o: BenchOptions, n: number): number {
+  return Math.max(o.maxBytes, n * DTYPES[o.dtype].bytes);
 }
 
 /** Runs `n` calls of `once` with at most `width` in flight. */
@@ -55,9 +86,10 @@ async function pool(n: number, width: number, once: () => Promise<unknown>): Pro
 
 async function measure(o: BenchOptions, nranks: number, once: RunOnce, maxInFlight = Infinity): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
+  const c = o.collective ?? 'allreduce';
   const elem = DTYPES[o.dtype].bytes;
-  for (const bytes of sizes(o)) {
-    const count = bytes / elem;
+  for (const size of sizes(o)) {
+    const { count, bytes } = shape(c, size, elem, nranks);
     const latencies: number[] = [];
     const timed = async () => {
       const t = performance.now();
@@ -69,22 +101,64 @@ async function measure(o: BenchOptions, nranks: number, once: RunOnce, maxInFlig
     const t0 = performance.now();
     await pool(o.iters, o.serial ? 1 : maxInFlight, timed);
     const seconds = (performance.now() - t0) / 1000 / o.iters;
-    const algBw = bytes / seconds / 1e9;
     latencies.sort((a, b) => a - b);
     const pct = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] * 1000;
-    rows.push({ bytes, count, us: seconds * 1e6, p50us: pct(0.5), p99us: pct(0.99), algBwGBps: algBw, busBwGBps: nranks > 1 ? (algBw * 2 * (nranks - 1)) / nranks : algBw });
+    rows.push(row(c, nranks, bytes, bytes / elem, seconds * 1e6, pct(0.5), pct(0.99)));
   }
   return rows;
 }
 
-/** Through the daemon, with buffers of the kind its backend takes. */
+function row(c: CollectiveName, n: number, bytes: number, count: number, us: number, p50us: number, p99us: number): BenchRow {
+  const algBwGBps = bytes / us / 1e3;
+  return { bytes, count, us, p50us, p99us, algBwGBps, busBwGBps: algBwGBps * busFactor(c, n) };
+}
+
+/** Through the daemon, from this one client, with buffers of the kind its backend takes. */
 export async function benchDaemon(client: Client, o: BenchOptions): Promise<BenchRow[]> {
-  const buffers = await allocRankBuffers(client, o.maxBytes);
+  const c = o.collective ?? 'allreduce';
+  const n = client.worldSize;
+  const bytes = bufferBytes(o, n);
+  const send = c === 'barrier' ? [] : await allocRankBuffers(client, bytes);
+  const recv = c === 'barrier' || c === 'allreduce' ? [] : await allocRankBuffers(client, bytes);
+  const { dtype, op } = o;
+  const once: RunOnce =
+    c === 'allreduce'
+      ? (count) => client.allReduce({ buffers: send, dtype, op, count })
+      : (count) => client.collective({ collective: c, dtype, op, count, root: 0, send, recv });
   try {
-    return await measure(o, buffers.length, (count) => client.allReduce({ buffers, dtype: o.dtype, op: o.op, count }), client.server.maxInFlight);
+    return await measure(o, n, once, client.server.maxInFlight);
   } finally {
-    await freeRankBuffers(client, buffers);
+    await freeRankBuffers(client, [...send, ...recv]);
   }
+}
+
+/**
+ * One member of a group, with its own buffers on its device: every member must run it with the
+ * same options, so that their k-th collectives agree.
+ */
+export async function benchGroupMember(client: Client, group: Group, o: BenchOptions): Promise<BenchRow[]> {
+  const c = o.collective ?? 'allreduce';
+  const bytes = bufferBytes(o, group.size);
+  const device = group.devices[group.rank];
+  const send = c === 'barrier' ? undefined : allocBuffer(client, device, bytes);
+  const recv = c === 'barrier' || c === 'allreduce' ? undefined : allocBuffer(client, device, bytes);
+  const { dtype, op } = o;
+  try {
+    return await measure(o, group.size, (count) => group.collective({ collective: c, dtype, op, count, root: 0, send, recv }), client.server.maxInFlight);
+  } finally {
+    await freeRankBuffers(client, [send, recv].filter((b) => b !== undefined));
+  }
+}
+
+/**
+ * A group's rows from every member's: each column the slowest member's (a group collective ends
+ * when its last member's does), as nccl-tests takes the largest time over MPI ranks.
+ */
+export function slowestRows(members: BenchRow[][], c: CollectiveName, n: number): BenchRow[] {
+  return members[0].map((first, i) => {
+    const max = (k: 'us' | 'p50us' | 'p99us') => Math.max(...members.map((rows) => rows[i][k]));
+    return row(c, n, first.bytes, first.count, max('us'), max('p50us'), max('p99us'));
+  });
 }
 
 /**

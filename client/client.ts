@@ -11,7 +11,17 @@ import { ErrorCodes, NccldError, isErrorCode } from '../shared/errors.js';
 import { FrameDecoder, encodeFrame, type Message } from '../shared/framing.js';
 import { native, type UnixConnection } from '../shared/native.js';
 import { clientSocketPath } from '../shared/paths.js';
-import { MAX_REQUEST_ID, PROTOCOL_VERSION, type BufferSlot, type HelloReply } from '../shared/protocol.js';
+import {
+  MAX_REQUEST_ID,
+  PROTOCOL_VERSION,
+  REDUCING,
+  ROOTED,
+  parseRequest,
+  type BufferSlot,
+  type CollectiveName,
+  type HelloReply,
+} from '../shared/protocol.js';
+import { Group } from './group.js';
 
 /** Memory the daemon can use: what a register request carries for it. */
 export interface BufferLike {
@@ -37,9 +47,67 @@ export interface AllReduceOptions {
   timeoutMs?: number;
 }
 
-export interface AllReduceResult {
+export interface CollectiveResult {
   /** The global sequence number the collective ran under. */
   seq: number;
+}
+export type AllReduceResult = CollectiveResult;
+
+/**
+ * What every collective but barrier takes. B is BufferArg[] for a client naming every rank's
+ * buffer (in rank order), BufferArg for a group member naming its own.
+ */
+export interface DataOptions<B> {
+  send: B;
+  /** Left out: in place, as NCCL defines it (docs/protocol.md); alltoall cannot. */
+  recv?: B;
+  dtype: DType;
+  /** NCCL's count argument for the collective: per rank for allgather's send, reducescatter's recv, alltoall's blocks. */
+  count: number;
+  /** Deadline of the reply in milliseconds, within the daemon's limits. */
+  timeoutMs?: number;
+}
+export interface ReduceOptions<B> extends DataOptions<B> {
+  op: ReduceOp;
+}
+export interface RootedOptions<B> extends DataOptions<B> {
+  /** The rank whose send is broadcast, or whose recv gets the reduction (a group rank in a group). */
+  root: number;
+}
+export interface RootedReduceOptions<B> extends ReduceOptions<B> {
+  root: number;
+}
+export interface AllToAllOptions<B> extends DataOptions<B> {
+  recv: B;
+}
+export interface BarrierOptions {
+  timeoutMs?: number;
+}
+
+/** Any collective, with the request's fields; those a collective does not take are not sent. */
+export interface CollectiveOptions<B = BufferArg[]> {
+  collective: CollectiveName;
+  /** Left out for barrier. */
+  send?: B;
+  recv?: B;
+  dtype?: DType;
+  op?: ReduceOp;
+  count?: number;
+  root?: number;
+  timeoutMs?: number;
+}
+
+export interface JoinOptions {
+  /** The group's name (1 to 128 characters): every member passes the same. */
+  name: string;
+  /** Members of the group, 1 to worldSize. */
+  size: number;
+  /** This member's rank in the group, 0 to size - 1. */
+  rank: number;
+  /** The world rank whose device this member's buffers live on; default `rank`. */
+  device?: number;
+  /** How long to wait for the other members (default: the daemon's deadline). */
+  timeoutMs?: number;
 }
 
 export interface ConnectOptions {
@@ -191,29 +259,118 @@ export class Client extends EventEmitter {
   /** Runs an AllReduce; resolves once every rank has finished it, so the buffers hold the result. */
   async allReduce(opts: AllReduceOptions): Promise<AllReduceResult> {
     const base = opts.offset ?? 0;
-    const build = (handles: number[]): Message => ({
+    const reply = await this.submit(opts.buffers, (handles) => ({
       type: 'allreduce',
       dtype: opts.dtype,
       op: opts.op,
       count: opts.count,
-      buffers: handles.map((h, i) => {
-        const b = opts.buffers[i];
-        const offset = base + (typeof b === 'object' && 'buffer' in b ? (b.offset ?? 0) : 0);
-        return offset ? { buffer: h, offset } : h;
-      }),
+      buffers: handles.map((h, i) => slotOf(opts.buffers[i], h, base)),
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-    });
-    const handles = opts.buffers.map((b) => (typeof b === 'number' ? b : 'buffer' in b ? b.buffer : this.registered.get(b)));
-    // Fast path: every buffer known and nothing registering ahead of us.
-    if (this.sendChain === null && handles.every((h) => typeof h === 'number')) {
-      const reply = await this.request(build(handles as number[]));
-      return { seq: reply.seq as number };
-    }
-    const reply = await this.inOrder(async () => {
-      const resolved = await Promise.all(opts.buffers.map((b) => (typeof b === 'number' ? b : 'buffer' in b ? b.buffer : this.register(b))));
-      return build(resolved);
-    });
+    }));
     return { seq: reply.seq as number };
+  }
+
+  /**
+   * Runs any collective over every rank's buffers (one per rank in `send`, and in `recv` unless
+   * in place); resolves once every rank has finished it. Bad arguments are refused here, with
+   * the daemon's codes, before anything is sent.
+   */
+  collective(opts: CollectiveOptions): Promise<CollectiveResult> {
+    return this.submitCollective(opts);
+  }
+
+  broadcast(opts: RootedOptions<BufferArg[]>): Promise<CollectiveResult> {
+    return this.collective({ ...opts, collective: 'broadcast' });
+  }
+
+  reduce(opts: RootedReduceOptions<BufferArg[]>): Promise<CollectiveResult> {
+    return this.collective({ ...opts, collective: 'reduce' });
+  }
+
+  allGather(opts: DataOptions<BufferArg[]>): Promise<CollectiveResult> {
+    return this.collective({ ...opts, collective: 'allgather' });
+  }
+
+  reduceScatter(opts: ReduceOptions<BufferArg[]>): Promise<CollectiveResult> {
+    return this.collective({ ...opts, collective: 'reducescatter' });
+  }
+
+  allToAll(opts: AllToAllOptions<BufferArg[]>): Promise<CollectiveResult> {
+    return this.collective({ ...opts, collective: 'alltoall' });
+  }
+
+  barrier(opts: BarrierOptions = {}): Promise<CollectiveResult> {
+    return this.collective({ ...opts, collective: 'barrier' });
+  }
+
+  /**
+   * Joins the named group as `rank`; resolves once every member has joined and the group is
+   * formed. Its collectives then take this member's own buffer.
+   */
+  async joinGroup(opts: JoinOptions): Promise<Group> {
+    const n = this.worldSize;
+    if (Number.isSafeInteger(opts.size) && opts.size > n) {
+      throw new NccldError(ErrorCodes.GROUP_SIZE, `a group has at most worldSize (${n}) members, not ${opts.size}`);
+    }
+    const device = opts.device ?? (opts.rank < n ? opts.rank : undefined);
+    const msg: Message = { type: 'join', group: opts.name, size: opts.size, rank: opts.rank };
+    if (device !== undefined) msg.device = device;
+    if (opts.timeoutMs !== undefined) msg.timeoutMs = opts.timeoutMs;
+    parseRequest({ ...msg, id: 0 }, n);
+    const reply = await this.submit([], () => msg);
+    return new Group(this, opts.name, reply.group as number, reply.size as number, reply.rank as number, reply.devices as number[]);
+  }
+
+  /**
+   * @internal Group's way in, and collective()'s: checks and sends one collective, over every
+   * rank's buffers, or over one member's in `group`.
+   */
+  async submitCollective(opts: CollectiveOptions, group?: Pick<Group, 'number' | 'size'>): Promise<CollectiveResult> {
+    const c = opts.collective;
+    const send = c === 'barrier' ? [] : (opts.send ?? []);
+    const recv = c === 'barrier' ? undefined : opts.recv;
+    const buffers = recv ? [...send, ...recv] : send;
+    const build = (handles: number[]): Message => {
+      const msg: Message = { type: 'collective', collective: c };
+      if (group) msg.group = group.number;
+      if (c !== 'barrier') {
+        msg.dtype = opts.dtype;
+        msg.count = opts.count;
+        if (REDUCING.has(c)) msg.op = opts.op;
+        if (ROOTED.has(c)) msg.root = opts.root;
+        // A group member's request names one slot, not a list of one.
+        const slots = handles.map((h, i) => slotOf(buffers[i], h));
+        const sendSlots = slots.slice(0, send.length);
+        msg.send = group ? sendSlots[0] : sendSlots;
+        if (recv) msg.recv = group ? slots[send.length] : slots.slice(send.length);
+      }
+      if (opts.timeoutMs !== undefined) msg.timeoutMs = opts.timeoutMs;
+      return msg;
+    };
+    // The daemon's own shape checks, on the request as it will be sent (unregistered buffers as 0).
+    parseRequest({ ...build(buffers.map((b) => knownNumber(b) ?? 0)), id: 0 }, this.worldSize);
+    const n = group?.size ?? this.worldSize;
+    if (ROOTED.has(c) && (opts.root as number) >= n) {
+      throw new NccldError(ErrorCodes.BAD_REQUEST, `${c}: root ${opts.root} is not a rank of ${n}`);
+    }
+    const reply = await this.submit(buffers, build);
+    return { seq: reply.seq as number };
+  }
+
+  /** @internal Group.leave()'s way in: in call order after the member's collectives. */
+  async leaveGroup(group: number): Promise<void> {
+    await this.submit([], () => ({ type: 'leave', group }));
+  }
+
+  /**
+   * Sends the request `build` makes from the buffers' numbers, registering those not yet
+   * registered on this connection first; requests leave in call order, whatever they wait for.
+   */
+  private submit(buffers: BufferArg[], build: (handles: number[]) => Message): Promise<Message> {
+    const handles = buffers.map((b) => knownNumber(b) ?? this.registered.get(b as BufferLike));
+    // Fast path: every buffer known and nothing registering ahead of us.
+    if (this.sendChain === null && handles.every((h) => typeof h === 'number')) return this.request(build(handles as number[]));
+    return this.inOrder(async () => build(await Promise.all(buffers.map((b) => knownNumber(b) ?? this.register(b as BufferLike)))));
   }
 
   /** Sends what `make` builds once the requests before it were sent, keeping call order. */
@@ -345,6 +502,17 @@ function defaultTrustedUids(): number[] {
     // no passwd file: only root and ourselves
   }
   return out;
+}
+
+/** The registration number a BufferArg names itself, if it is a number or a slot. */
+function knownNumber(b: BufferArg): number | undefined {
+  return typeof b === 'number' ? b : 'buffer' in b ? b.buffer : undefined;
+}
+
+/** The slot for `b`, registered as `handle`, `base` bytes further on. */
+function slotOf(b: BufferArg, handle: number, base = 0): number | BufferSlot {
+  const offset = base + (typeof b === 'object' && 'buffer' in b ? (b.offset ?? 0) : 0);
+  return offset ? { buffer: handle, offset } : handle;
 }
 
 function toError(msg: Message): NccldError {

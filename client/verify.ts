@@ -1,7 +1,8 @@
-// Random inputs for an AllReduce and the check of its result against a float64 reference, within
+// Random inputs for a collective and the check of its result against a float64 reference, within
 // the error the dtype and op justify. Shared by `ncclctl --verify` and the tests.
 import { DTYPES, type DType, type ReduceOp } from '../shared/dtypes.js';
 import { bf16ToNumber, f16ToNumber, numberToBf16, numberToF16 } from '../shared/half.js';
+import { REDUCING, collectiveElements, type CollectiveName } from '../shared/protocol.js';
 
 type AnyView = ArrayLike<number | bigint> & { [i: number]: number | bigint; length: number };
 
@@ -122,6 +123,77 @@ export function reference(inputs: Float64Array[], dtype: DType, op: ReduceOp): R
     else allowed[i] = (2 * (n + 2) * u * mag) / n + tiny;
   }
   return { expected, allowed };
+}
+
+/** Random inputs for `c`: one send buffer's worth per rank (full-range values where nothing is reduced). */
+export function collectiveInputs(c: CollectiveName, dtype: DType, op: ReduceOp, nranks: number, count: number, seed = 1): Float64Array[] {
+  return randomInputs(dtype, REDUCING.has(c) ? op : 'max', nranks, collectiveElements(c, count, nranks).send, seed);
+}
+
+export interface CollectiveCase {
+  dtype: DType;
+  /** Reductions only. */
+  op?: ReduceOp;
+  count: number;
+  /** broadcast and reduce. */
+  root?: number;
+  inPlace?: boolean;
+}
+
+const exact = (expected: Float64Array): Reference => ({ expected, allowed: new Float64Array(expected.length) });
+
+/**
+ * What each rank's receive buffer holds after `c` (docs/protocol.md's table), given each rank's
+ * send buffer: exact where elements are only moved, reference()'s tolerance where reduced. In
+ * place, it is the result region of the rank's one buffer (see inPlaceOffsets). null: the buffer
+ * is left as it was (reduce, out of place, every rank but the root; and barrier).
+ */
+export function collectiveReference(c: CollectiveName, inputs: Float64Array[], k: CollectiveCase): (Reference | null)[] {
+  const { dtype, op = 'sum', count, root = 0 } = k;
+  const n = inputs.length;
+  const block = (v: Float64Array, j: number) => v.subarray(j * count, (j + 1) * count);
+  switch (c) {
+    case 'allreduce': {
+      const ref = reference(inputs, dtype, op);
+      return inputs.map(() => ref);
+    }
+    case 'broadcast':
+      return inputs.map(() => exact(inputs[root]));
+    case 'reduce': {
+      const ref = reference(inputs, dtype, op);
+      // In place, a rank other than the root still holds its own input.
+      return inputs.map((v, r) => (r === root ? ref : k.inPlace ? exact(v) : null));
+    }
+    case 'allgather': {
+      const all = new Float64Array(count * n);
+      inputs.forEach((v, r) => all.set(v, r * count));
+      return inputs.map(() => exact(all));
+    }
+    case 'reducescatter':
+      return inputs.map((_, r) =>
+        reference(
+          inputs.map((v) => block(v, r)),
+          dtype,
+          op,
+        ),
+      );
+    case 'alltoall':
+      return inputs.map((_, r) => {
+        const out = new Float64Array(count * n);
+        inputs.forEach((v, j) => out.set(block(v, r), j * count));
+        return exact(out);
+      });
+    case 'barrier':
+      return inputs.map(() => null);
+  }
+}
+
+/**
+ * Where rank `rank`'s input and result start, in elements, in its one buffer when `c` runs in
+ * place: NCCL puts allgather's input, and reducescatter's result, in the rank's own block.
+ */
+export function inPlaceOffsets(c: CollectiveName, count: number, rank: number): { input: number; result: number } {
+  return { input: c === 'allgather' ? rank * count : 0, result: c === 'reducescatter' ? rank * count : 0 };
 }
 
 export interface Mismatch {
