@@ -1,3 +1,7 @@
+#!/usr/bin/env bash
+# Issue 11 on the GPU machine: the GPU tests (every collective, single-client and group form, the
+# ring worker, the nccl backend), group-demo, every collective with --verify, and a group of 1
+# against the single-client form.   bash .device/on-device.sh bash bench/gpu-collectives.sh
 set -uo pipefail
 out=${OUT:-/tmp/o}; mkdir -p $out
 npx tap --disable-coverage --reporter=tap test/gpu-collectives.test.ts test/gpu-ring.test.ts test/gpu.test.ts > $out/t.log 2>&1; echo "tap rc=$?"

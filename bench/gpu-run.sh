@@ -32,3 +32,21 @@ ctl() { node dist/client/cli.js --socket "$dir/a.sock" "$@"; }
 } > "$out/bench.txt" 2>&1
 cat "$out/bench.txt"
 kill "$daemon"; wait "$daemon"
+# The host backend, 2 ranks, on this machine's CPUs, in the same run.
+node dist/daemon/main.js --backend host --ranks 2 --socket "$dir/h.sock" --debug-socket "$dir/hd.sock" --log-level warn > "$out/daemon-host.log" 2>&1 &
+daemon=$!
+for _ in $(seq 300); do [ -S "$dir/h.sock" ] && break; sleep 0.1; done
+hctl() { node dist/client/cli.js --socket "$dir/h.sock" "$@"; }
+{
+  echo "=== host, 2 ranks: serial, direct alongside"
+  hctl bench -b 8 -e 64M -f 8 --serial --direct --iters 300 --warmup 30
+  echo "=== host, 2 ranks: pipelined, one client"
+  hctl bench -b 8 -e 8 --iters 20000 --warmup 1000
+  echo "=== host, 2 ranks: pipelined, 8 client processes at once"
+  for i in $(seq 8); do hctl bench -b 8 -e 8 --iters 20000 --warmup 1000 > "$dir/h$i.txt" 2>&1 & done
+  wait $(jobs -p | grep -v "^$daemon$") 2>/dev/null
+  cat "$dir"/h*.txt | grep -E '^ +8 '
+} > "$out/bench-host.txt" 2>&1
+kill "$daemon"; wait "$daemon"
+npm run --silent bench:host -- 2 64 >> "$out/bench-host.txt" 2>&1
+cat "$out/bench-host.txt"
