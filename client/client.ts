@@ -457,6 +457,11 @@ export class Client extends EventEmitter {
   }
 
   private onMessage(msg: Message): void {
+    // A note before a result (a collective with a doneEvent is on every stream): not its answer.
+    if (msg.type === 'launched') {
+      this.emit('launched', msg.id);
+      return;
+    }
     // The hello reply has no id; it answers the request we filed under id 0.
     const id = msg.type === 'hello' ? 0 : (msg.id as number | null);
     const p = id === null ? undefined : this.pending.get(id);

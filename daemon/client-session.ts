@@ -303,6 +303,10 @@ export class ClientSession implements CollectiveOwner, MemberSession {
     this.send({ type: 'result', id: requestId, ...result });
   }
 
+  sendLaunched(requestId: number): void {
+    this.send({ type: 'launched', id: requestId });
+  }
+
   settle(slots: Iterable<Slot>): void {
     for (const s of slots) {
       s.reg.users--;

@@ -26,6 +26,8 @@ export interface CollectiveOwner {
   answer(c: Collective, err: NccldError | null): void;
   /** The collective has ended on every rank: its buffers and its place in the limits are free. */
   ended(c: Collective): void;
+  /** Every rank has it on its stream with the done events recorded (only asked for with doneEvents). */
+  launched?(c: Collective): void;
 }
 
 /** What a collective record asks the ranks to do: a collective, or (NCCL) communicator control. */
@@ -58,6 +60,9 @@ export interface Participants {
   grouped: boolean;
   /** split: each world rank's key in the new communicator, -1 for a rank outside it. */
   splitKeys?: number[];
+  /** NCCL, per share: the client's event its rank's stream waits on first, and the one recorded after. */
+  waitEvents?: (Uint8Array | null)[];
+  doneEvents?: (Uint8Array | null)[];
 }
 
 export class Collective implements Expiring {
@@ -68,6 +73,8 @@ export class Collective implements Expiring {
   replied = false;
   /** Ranks that have not reported yet, and what each one reported (by world rank). */
   ranksLeft = 0;
+  /** Ranks yet to say they launched it (with done events only). */
+  launchesLeft = 0;
   rankErrors: (NccldError | null | undefined)[] = [];
   /** Ranks the hang watchdog found stuck on this collective. */
   hung: number[] | null = null;

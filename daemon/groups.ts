@@ -29,6 +29,8 @@ export interface MemberSession {
   reply(requestId: number, fields: Record<string, unknown> | NccldError): void;
   /** A tracked request's work has ended: its buffers and its place in maxInFlight are free. */
   settle(slots: Iterable<Slot>): void;
+  /** Tells the client its collective is on every rank's stream (its doneEvent recorded). */
+  sendLaunched(requestId: number): void;
 }
 
 export class Member {
@@ -171,6 +173,9 @@ export class Groups {
     if (g.state === 'dissolved') throw g.reason!;
     if (g.state !== 'live') throw new NccldError(ErrorCodes.NO_SUCH_GROUP, `group ${req.group} is not formed yet`);
     const timeoutMs = this.timeout(req.timeoutMs);
+    if ((req.waitEvent || req.doneEvent) && !this.opts.world.traits.needsCommunicator) {
+      throw new NccldError(ErrorCodes.WRONG_BACKEND, 'CUDA events need the nccl backend: this daemon runs the host backend');
+    }
     if (ROOTED.has(req.collective) && req.root! >= g.size) {
       throw new NccldError(ErrorCodes.BAD_REQUEST, `root ${req.root} is not a rank of group ${JSON.stringify(g.name)} (size ${g.size})`);
     }
@@ -339,12 +344,16 @@ export class Groups {
     }
     const first = subs[0].req;
     const inPlace = !first.recv;
-    const parts = {
+    const withEvents = subs.some((s) => s.req.waitEvent || s.req.doneEvent);
+    const parts: Collective['parts'] = {
       ranks: g.devices,
       send: first.collective === 'barrier' ? [] : subs.map((s) => s.send!),
       recv: inPlace ? null : subs.map((s) => s.recv!),
       comm: g.comm,
       grouped: true,
+      ...(withEvents
+        ? { waitEvents: subs.map((s) => s.req.waitEvent ?? null), doneEvents: subs.some((s) => s.req.doneEvent) ? subs.map((s) => s.req.doneEvent ?? null) : undefined }
+        : {}),
     };
     const owner: CollectiveOwner = {
       process: g.process,
@@ -354,6 +363,9 @@ export class Groups {
       },
       ended: () => {
         for (const s of subs) s.member.session.settle(slotsOf(s));
+      },
+      launched: () => {
+        for (const s of subs) if (s.req.doneEvent && !s.answered) s.member.session.sendLaunched(s.requestId);
       },
     };
     const elem = DTYPES[first.dtype].bytes;

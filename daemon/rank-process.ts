@@ -13,6 +13,7 @@ import type { Backend, CallMessage, FromDevice, ToDevice, WireError } from './de
 import { RING_TAG, sendTagged } from './device/fd-channel.js';
 import { RECORD_KINDS, type Collective, type Slot } from './collective.js';
 import { DTYPES, REDUCE_OPS } from '../shared/dtypes.js';
+import { IPC_HANDLE_BYTES } from '../shared/protocol.js';
 import { wireResourceError as resourceError } from './device/wire.js';
 import { BACKENDS } from './backends.js';
 
@@ -51,6 +52,11 @@ const RING_FAILURES: Record<string, string> = {
 };
 /** Collectives a rank's ring holds: far above either backend's window (1 on host, 64 on NCCL). */
 const RING_CAPACITY = 1024;
+/** The ring's note that a collective is on the stream with its done event recorded (not an end). */
+const RING_LAUNCHED = native.RANK_RING_CODES.indexOf('LAUNCHED');
+/** ring_layout.h's SubmitHeader flags: which of a record's event handles are in use. */
+const RING_FLAG_WAIT = 1;
+const RING_FLAG_DONE = 2;
 /** Buffer slots per NCCL record: this rank's send buffer, and its receive buffer when apart. */
 const NCCL_RECORD_SLOTS = 2;
 /** The fork channel's message for a file descriptor: retried while the seqpacket queue is full. */
@@ -98,8 +104,12 @@ export class RankProcess extends EventEmitter {
   private readonly slotIds: Uint32Array;
   private readonly slotOffsets: Float64Array;
   private readonly views: { ids: Uint32Array; offsets: Float64Array }[] = [];
-  /** A record's other fields: root, comm, share, nshares, color, key. */
-  private readonly extra = new Int32Array(6);
+  /** A record's other fields: root, comm, share, nshares, color, key, flags. */
+  private readonly extra = new Int32Array(7);
+  /** A record's two event handles, when it has any. */
+  private readonly eventBytes = new Uint8Array(2 * IPC_HANDLE_BYTES);
+  /** Collectives whose done event this rank has yet to record: told when it has. */
+  private readonly launching = new Map<number, () => void>();
   private readonly calls = new Map<number, Settle>();
   private nextCall = 1;
   /** Memfds waiting for room in the fd channel, in order, each with the map call that follows it. */
@@ -239,7 +249,7 @@ export class RankProcess extends EventEmitter {
    * It goes through the rank's shared-memory ring: host ranks get every rank's buffer (each reduces
    * a slice across all of them), NCCL ranks their own only.
    */
-  run(c: Collective, done: Done): void {
+  run(c: Collective, done: Done, launched: ((c: Collective) => void) | null = null): void {
     const ring = this.ring;
     if (this.state !== 'ready' || !ring) {
       const err = new NccldError(ErrorCodes.DEVICE_LOST, `rank ${this.rank} is ${this.state}`);
@@ -265,12 +275,19 @@ export class RankProcess extends EventEmitter {
     const key = p.splitKeys ? p.splitKeys[this.rank] : 0;
     x[4] = key < 0 ? -1 : 0;
     x[5] = key;
+    // The client's CUDA events (NCCL, group form): waited on before, recorded after.
+    const wait = p.waitEvents?.[share] ?? null;
+    const doneEv = p.doneEvents?.[share] ?? null;
+    x[6] = (wait ? RING_FLAG_WAIT : 0) | (doneEv ? RING_FLAG_DONE : 0);
+    if (wait) this.eventBytes.set(wait, 0);
+    if (doneEv) this.eventBytes.set(doneEv, IPC_HANDLE_BYTES);
     const view = this.views[n] ?? (this.views[n] = { ids: this.slotIds.subarray(0, n), offsets: this.slotOffsets.subarray(0, n) });
-    if (!ring.submit(c.seq, RECORD_KINDS[c.kind], DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, view.ids, view.offsets, x)) {
+    if (!ring.submit(c.seq, RECORD_KINDS[c.kind], DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, view.ids, view.offsets, x, this.eventBytes)) {
       process.nextTick(done, new NccldError(ErrorCodes.BUSY, `rank ${this.rank}'s ring is full`));
       return;
     }
     this.pending.set(c.seq, done);
+    if (doneEv && launched) this.launching.set(c.seq, () => launched(c));
   }
 
   private put(i: number, s: Slot): void {
@@ -282,6 +299,12 @@ export class RankProcess extends EventEmitter {
   private readonly onRingComplete = (seqs: Float64Array, codes: Int32Array): void => {
     for (let i = 0; i < seqs.length; i++) {
       const code = codes[i];
+      if (code === RING_LAUNCHED) {
+        const launched = this.launching.get(seqs[i]);
+        this.launching.delete(seqs[i]);
+        launched?.();
+        continue;
+      }
       if (code === 0) {
         this.onDone(seqs[i], null);
         continue;
@@ -298,7 +321,8 @@ export class RankProcess extends EventEmitter {
    * from it from then on.
    */
   private async attachRing(): Promise<void> {
-    const ring = native.RankRing.create(RING_CAPACITY, this.recordSlots);
+    // NCCL records have room for a client's two CUDA event handles.
+    const ring = native.RankRing.create(RING_CAPACITY, this.recordSlots, !this.shareBuffers);
     try {
       sendTagged(this.fdSocket, RING_TAG, ring.fds);
       await this.call({ t: 'ring' });
@@ -433,6 +457,7 @@ export class RankProcess extends EventEmitter {
   }
 
   private onDone(seq: number, error: WireError | null): void {
+    this.launching.delete(seq);
     const done = this.pending.get(seq);
     if (!done) {
       this.log.error({ seq }, 'reply for a collective this rank was not running');
@@ -494,6 +519,7 @@ export class RankProcess extends EventEmitter {
     const waiters = this.waiters.splice(0);
     const backlog = this.fdBacklog.splice(0);
     this.pending.clear();
+    this.launching.clear();
     this.calls.clear();
     for (const done of pending) done(lost);
     for (const c of calls) c.reject(lost);

@@ -140,11 +140,18 @@ export class World extends EventEmitter {
     c.rankErrors = ranks.length === this.size ? new Array(this.size) : new Array(this.size).fill(null);
     for (const rank of ranks) c.rankErrors[rank] = undefined;
     this.running.add(c);
+    const launched = c.parts.doneEvents ? this.rankLaunched : null;
+    c.launchesLeft = launched ? c.parts.doneEvents!.filter((e) => e).length : 0;
     for (const rank of ranks) {
       const r = this.ranks[rank];
-      r.run(c, (err) => this.rankDone(c, r.rank, err, onEnd));
+      r.run(c, (err) => this.rankDone(c, r.rank, err, onEnd), launched);
     }
   }
+
+  /** A rank has a collective with done events on its stream: once all have, its owner hears. */
+  private readonly rankLaunched = (c: Collective): void => {
+    if (--c.launchesLeft === 0) c.owner.launched?.(c);
+  };
 
   private rankDone(c: Collective, rank: number, err: NccldError | null, onEnd: (err: NccldError | null) => void): void {
     if (c.rankErrors[rank] !== undefined) return;

@@ -32,6 +32,7 @@ struct PendingRing {
   std::unique_ptr<ShmMapping> region;
   uint32_t capacity = 0;
   uint32_t max_buffers = 0;
+  uint32_t events = 0;
   int fds[3] = {-1, -1, -1};  // memfd, submission eventfd, completion eventfd
   ~PendingRing() {
     for (int fd : fds) {
@@ -89,17 +90,20 @@ bool RankRing::IsSelf(const Napi::CallbackInfo& info) {
   return false;
 }
 
-// RankRing.create(capacity, maxBuffers): capacity is rounded up to a power of two.
+// RankRing.create(capacity, maxBuffers, withEvents?): capacity is rounded up to a power of two;
+// withEvents gives each record room for two CUDA IPC event handles.
 Napi::Value RankRing::Create(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t want, max_buffers;
-  if (!ToInteger(info[0], 1, ring::kMaxCapacity, &want) || !ToInteger(info[1], 1, ring::kMaxBuffers, &max_buffers)) {
+  if (!ToInteger(info[0], 1, ring::kMaxCapacity, &want) || !ToInteger(info[1], 1, ring::kMaxBuffers, &max_buffers) ||
+      !(info[2].IsUndefined() || info[2].IsBoolean())) {
     return BadArg(env, "RankRing.create(capacity: 1.." + std::to_string(ring::kMaxCapacity) +
-                           ", maxBuffers: 1.." + std::to_string(ring::kMaxBuffers) + ")");
+                           ", maxBuffers: 1.." + std::to_string(ring::kMaxBuffers) + ", withEvents?: boolean)");
   }
+  uint32_t events = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value() ? ring::kEventsPerRecord : 0;
   uint32_t capacity = 1;
   while (capacity < want) capacity <<= 1;
-  ring::Geometry g = ring::Layout(capacity, static_cast<uint32_t>(max_buffers));
+  ring::Geometry g = ring::Layout(capacity, static_cast<uint32_t>(max_buffers), events);
   if (g.total_size > ring::kMaxRegionBytes) {
     return BadArg(env, "RankRing.create: " + std::to_string(capacity) + " records of " +
                            std::to_string(max_buffers) + " buffers need " + std::to_string(g.total_size) +
@@ -109,6 +113,7 @@ Napi::Value RankRing::Create(const Napi::CallbackInfo& info) {
   PendingRing pending;
   pending.capacity = capacity;
   pending.max_buffers = static_cast<uint32_t>(max_buffers);
+  pending.events = events;
   auto fail = [&](int err, const char* call) -> Napi::Value {
     ThrowErrno(env, err, std::string("RankRing.create: ") + call, call);
     return Napi::Value();
@@ -141,6 +146,7 @@ Napi::Value RankRing::Create(const Napi::CallbackInfo& info) {
   h.submit_offset = g.submit_offset;
   h.complete_offset = g.complete_offset;
   h.total_size = g.total_size;
+  h.events = events;
   memcpy(&ctl->header, &h, sizeof h);
 
   auto* cls = static_cast<RankRingClass*>(info.Data());
@@ -161,7 +167,8 @@ RankRing::RankRing(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RankRing>(
   region_ = std::move(pending->region);
   capacity_ = pending->capacity;
   max_buffers_ = pending->max_buffers;
-  ring::Geometry g = ring::Layout(capacity_, max_buffers_);
+  events_ = pending->events;
+  ring::Geometry g = ring::Layout(capacity_, max_buffers_, events_);
   record_size_ = g.record_size;
   ctl_ = reinterpret_cast<ring::Control*>(region_->data());
   sub_ring_ = region_->data() + g.submit_offset;
@@ -206,8 +213,8 @@ Napi::Value RankRing::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage =
       "RankRing.submit(seq, kind, dtype, op, count, ids: Uint32Array, offsets: Float64Array, "
-      "extra?: Int32Array [root, comm, share, nshares, color, key]): integers >= 0, ids and offsets "
-      "of one length in 0..maxBuffers";
+      "extra?: Int32Array [root, comm, share, nshares, color, key, flags], events?: Uint8Array of "
+      "2 CUDA IPC event handles): integers >= 0, ids and offsets of one length in 0..maxBuffers";
   uint64_t seq, count;
   int64_t kind, dtype, op;
   if (!ToIndex(info[0], &seq) || !ToInteger(info[1], 0, ring::kNumRecordKinds - 1, &kind) ||
@@ -224,14 +231,25 @@ Napi::Value RankRing::Submit(const Napi::CallbackInfo& info) {
   Napi::Float64Array offs = info[6].As<Napi::Float64Array>();
   size_t n = ids.ElementLength();
   if (n > max_buffers_ || offs.ElementLength() != n) return BadArg(env, usage);
-  int32_t extra[6] = {-1, 0, 0, 0, 0, 0};
+  int32_t extra[7] = {-1, 0, 0, 0, 0, 0, 0};
   if (!info[7].IsUndefined()) {
     if (!info[7].IsTypedArray() || info[7].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
-        info[7].As<Napi::Int32Array>().ElementLength() != 6) {
+        info[7].As<Napi::Int32Array>().ElementLength() != 7) {
       return BadArg(env, usage);
     }
     memcpy(extra, info[7].As<Napi::Int32Array>().Data(), sizeof extra);
-    if (extra[1] < 0 || extra[2] < 0 || extra[2] > 0xffff || extra[3] < 0 || extra[3] > 0xffff) return BadArg(env, usage);
+    if (extra[1] < 0 || extra[2] < 0 || extra[2] > 0xffff || extra[3] < 0 || extra[3] > 0xffff || extra[6] < 0 ||
+        extra[6] > (ring::kFlagWaitEvent | ring::kFlagDoneEvent)) {
+      return BadArg(env, usage);
+    }
+  }
+  const uint8_t* handles = nullptr;
+  if (extra[6] != 0) {
+    // Event handles travel only in rings made for them.
+    size_t len = 0;
+    if (events_ == 0 || !ToBytes(info[8], &handles, &len) || len != ring::kEventsPerRecord * ring::kEventHandleBytes) {
+      return BadArg(env, usage);
+    }
   }
   const uint32_t* id = ids.Data();
   const double* off = offs.Data();
@@ -267,12 +285,14 @@ Napi::Value RankRing::Submit(const Napi::CallbackInfo& info) {
   h.nshares = static_cast<uint16_t>(extra[3]);
   h.color = extra[4];
   h.key = extra[5];
+  h.flags = static_cast<uint8_t>(extra[6]);
   memcpy(rec, &h, sizeof h);
   auto* slots = reinterpret_cast<ring::BufferSlot*>(rec + sizeof h);
   for (size_t i = 0; i < n; ++i) {
     ring::BufferSlot s{id[i], 0, static_cast<uint64_t>(off[i])};
     memcpy(&slots[i], &s, sizeof s);
   }
+  if (handles != nullptr) memcpy(rec + ring::EventsOffset(max_buffers_), handles, ring::kEventsPerRecord * ring::kEventHandleBytes);
   ++sub_head_;
   ctl_->sub_head.v.store(sub_head_, std::memory_order_release);
   // Pairs with the worker's fence between setting worker_sleeping and re-reading sub_head:

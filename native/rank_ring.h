@@ -52,6 +52,7 @@ class RankRing : public Napi::ObjectWrap<RankRing> {
   const ring::Completion* comp_ring_ = nullptr;
   uint32_t capacity_ = 0;
   uint32_t max_buffers_ = 0;
+  uint32_t events_ = 0;  // event handles per record
   uint64_t record_size_ = 0;
   // Our own copies of the indices we produce or consume: never read back from shared memory,
   // so a confused device process cannot make us overwrite live records.

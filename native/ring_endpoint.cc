@@ -117,7 +117,8 @@ std::unique_ptr<RingEndpoint> RingEndpoint::Attach(Napi::Env env, const Napi::Va
       h.max_buffers > ring::kMaxBuffers) {
     return bad_ring("has a bad ring header");
   }
-  ring::Geometry g = ring::Layout(h.capacity, h.max_buffers);
+  if (h.events != 0 && h.events != ring::kEventsPerRecord) return bad_ring("has a bad ring header");
+  ring::Geometry g = ring::Layout(h.capacity, h.max_buffers, h.events);
   if (h.record_size != g.record_size || h.submit_offset != g.submit_offset ||
       h.complete_offset != g.complete_offset || h.total_size != g.total_size || g.total_size > bytes) {
     return bad_ring("has a ring header that does not match its size");
@@ -128,6 +129,7 @@ std::unique_ptr<RingEndpoint> RingEndpoint::Attach(Napi::Env env, const Napi::Va
   ep->capacity_ = h.capacity;
   ep->max_buffers_ = h.max_buffers;
   ep->record_size_ = g.record_size;
+  ep->events_ = h.events;
   // The worker is the only writer of these two: start from wherever they stand.
   ep->sub_tail_ = ep->ctl_->sub_tail.v.load(std::memory_order_relaxed);
   ep->comp_head_ = ep->ctl_->comp_head.v.load(std::memory_order_relaxed);
@@ -139,11 +141,15 @@ uint64_t RingEndpoint::Waiting() const {
   return avail > capacity_ ? kCorrupt : avail;
 }
 
-void RingEndpoint::Take(ring::SubmitHeader* h, ring::BufferSlot* slots) {
+void RingEndpoint::Take(ring::SubmitHeader* h, ring::BufferSlot* slots, uint8_t* events) {
   const char* rec = sub_ring_ + (sub_tail_ & (capacity_ - 1)) * record_size_;
   memcpy(h, rec, sizeof *h);
   size_t nbuf = std::min<size_t>(h->nbuf, max_buffers_);
   memcpy(slots, rec + sizeof *h, nbuf * sizeof(ring::BufferSlot));
+  if (events_ == 0) h->flags = 0;  // no room for handles: none can be in use
+  if (h->flags != 0 && events != nullptr) {
+    memcpy(events, rec + ring::EventsOffset(max_buffers_), ring::kEventsPerRecord * ring::kEventHandleBytes);
+  }
   ++sub_tail_;
   ctl_->sub_tail.v.store(sub_tail_, std::memory_order_release);
 }

@@ -39,9 +39,11 @@ class RingEndpoint {
   uint64_t Head() const { return ctl_->sub_head.v.load(std::memory_order_acquire); }
   uint64_t Tail() const { return sub_tail_; }
 
-  // Copies the next record out (header, then min(nbuf, max_buffers) slots into `slots`) and
-  // frees its slot for the daemon: what the caller checks is what it uses. Needs Waiting() > 0.
-  void Take(ring::SubmitHeader* h, ring::BufferSlot* slots);
+  // Copies the next record out (header, then min(nbuf, max_buffers) slots into `slots`, and its
+  // event handles into `events` when its flags say it has some: kEventsPerRecord ×
+  // kEventHandleBytes) and frees its slot for the daemon: what the caller checks is what it uses.
+  // Needs Waiting() > 0.
+  void Take(ring::SubmitHeader* h, ring::BufferSlot* slots, uint8_t* events = nullptr);
 
   // Posts one completion, waiting for room (ringing the doorbell first) while the daemon has not
   // drained. False if `stopping` was set while waiting; `wake_efd` cuts the wait short.
@@ -71,6 +73,7 @@ class RingEndpoint {
   uint32_t capacity_ = 0;
   uint32_t max_buffers_ = 0;
   uint64_t record_size_ = 0;
+  uint32_t events_ = 0;
   int memfd_ = -1;
   int submit_efd_ = -1;
   int complete_efd_ = -1;

@@ -36,8 +36,15 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free, "ring indices must be 
 static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t), "an atomic index must be a bare u64");
 
 constexpr uint64_t kMagic = 0x31676e69524c4343ULL;  // "CCLRing1", little-endian
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 constexpr size_t kCacheLine = 64;
+
+// A CUDA IPC event handle (CUipcEventHandle), and the two a record may carry after its slots:
+// one the rank's stream waits on before the collective, one it records right after.
+constexpr size_t kEventHandleBytes = 64;
+constexpr uint32_t kEventsPerRecord = 2;
+constexpr uint8_t kFlagWaitEvent = 1;  // handle 0
+constexpr uint8_t kFlagDoneEvent = 2;  // handle 1: also asks for a kLaunched note
 
 // Record kinds (SubmitHeader::kind): NCCL's collectives, in the order the protocol numbers them.
 constexpr uint8_t kKindAllReduce = 0;
@@ -68,7 +75,8 @@ struct Header {
   uint64_t submit_offset;    // from the start of the region
   uint64_t complete_offset;  // from the start of the region
   uint64_t total_size;       // bytes of the region
-  uint8_t reserved[kCacheLine - 48];
+  uint32_t events;           // CUDA IPC event handles per record, after its slots: 0 or kEventsPerRecord
+  uint8_t reserved[kCacheLine - 52];
 };
 static_assert(sizeof(Header) == kCacheLine, "the header fills one cache line");
 
@@ -96,7 +104,7 @@ struct SubmitHeader {
   uint8_t kind;    // kKind*
   uint8_t dtype;   // ncclDataType_t
   uint8_t op;      // ncclRedOp_t
-  uint8_t pad0;
+  uint8_t flags;   // kFlag*: which event handles after the slots are in use
   uint16_t nbuf;   // BufferSlots in use, 0..max_buffers: every share's send, then (unless in
                    // place) every share's receive buffer; NCCL: this rank's send (and receive)
   uint16_t pad1;
@@ -135,16 +143,20 @@ enum Code : int32_t {
   kNccl,      // NCCL failed the collective, or the communicator reported an asynchronous error
   kCuda,      // the CUDA driver failed (event create/record/query)
   kNotReady,  // the rank had no communicator when it took the collective
+  kLaunched,  // not an end: the collective is on the stream and its done event recorded
   kNumCodes
 };
 constexpr const char* kCodes[kNumCodes] = {"OK",         kErrNoSuchBuffer, kErrBufferTooSmall, kErrBadAlignment,
                                            kErrInternal, kErrBadRequest,   kErrAborted,        kErrNccl,
-                                           kErrCuda,     kErrNotReady};
+                                           kErrCuda,     kErrNotReady,     "LAUNCHED"};
 
-// A record: its header then max_buffers slots, rounded up to whole cache lines.
-constexpr uint64_t RecordSize(uint32_t max_buffers) {
-  return (sizeof(SubmitHeader) + uint64_t{max_buffers} * sizeof(BufferSlot) + kCacheLine - 1) / kCacheLine *
-         kCacheLine;
+// A record: its header, max_buffers slots, then `events` event handles, rounded up to whole
+// cache lines.
+constexpr uint64_t EventsOffset(uint32_t max_buffers) {
+  return sizeof(SubmitHeader) + uint64_t{max_buffers} * sizeof(BufferSlot);
+}
+constexpr uint64_t RecordSize(uint32_t max_buffers, uint32_t events) {
+  return (EventsOffset(max_buffers) + uint64_t{events} * kEventHandleBytes + kCacheLine - 1) / kCacheLine * kCacheLine;
 }
 
 struct Geometry {
@@ -156,9 +168,9 @@ struct Geometry {
 
 // Offsets and sizes for capacity (a power of two, <= kMaxCapacity) and max_buffers
 // (1..kMaxBuffers): every part starts on a cache line.
-constexpr Geometry Layout(uint32_t capacity, uint32_t max_buffers) {
+constexpr Geometry Layout(uint32_t capacity, uint32_t max_buffers, uint32_t events) {
   Geometry g{};
-  g.record_size = RecordSize(max_buffers);
+  g.record_size = RecordSize(max_buffers, events);
   g.submit_offset = sizeof(Control);
   g.complete_offset = g.submit_offset + uint64_t{capacity} * g.record_size;
   uint64_t comp_bytes = uint64_t{capacity} * sizeof(Completion);

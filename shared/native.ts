@@ -101,8 +101,10 @@ export interface RankRing {
     count: number,
     ids: Uint32Array,
     offsets: Float64Array,
-    /** [root, comm, share, nshares, color, key] (ring_layout.h's SubmitHeader); default [-1, 0, 0, 0, 0, 0]. */
+    /** [root, comm, share, nshares, color, key, flags] (ring_layout.h's SubmitHeader); default [-1, 0, 0, 0, 0, 0, 0]. */
     extra?: Int32Array,
+    /** flags != 0: the two CUDA IPC event handles (128 bytes); only in a ring made withEvents. */
+    events?: Uint8Array,
   ): boolean;
   /**
    * Starts watching the completion doorbell (uv_poll on the event loop): onComplete is called once
@@ -121,7 +123,7 @@ export interface RankRing {
 
 export interface RankRingClass {
   /** capacity 1..65536 (rounded up to a power of two), maxBuffers 1..1024; the region at most 64 MiB. */
-  create(capacity: number, maxBuffers: number): RankRing;
+  create(capacity: number, maxBuffers: number, withEvents?: boolean): RankRing;
 }
 
 /**

@@ -108,6 +108,16 @@ export interface CollectiveRequest {
   send: BufferSlot[];
   recv?: BufferSlot[];
   timeoutMs?: number;
+  /** Group form, nccl backend: a CUDA IPC event handle the rank's stream waits on before the collective. */
+  waitEvent?: Uint8Array;
+  /** Group form, nccl backend: a CUDA IPC event handle recorded right after the collective; a `launched` message says when. */
+  doneEvent?: Uint8Array;
+}
+
+/** Sent before the result of a collective that named a doneEvent: the event is recorded on every rank's stream. */
+export interface LaunchedNote {
+  type: 'launched';
+  id: number;
 }
 
 /** Joins (and, with its last member, forms) a named group of client processes. */
@@ -187,7 +197,7 @@ export interface ErrorReply {
   [detail: string]: unknown;
 }
 
-export type Reply = HelloReply | ResultReply | ErrorReply;
+export type Reply = HelloReply | ResultReply | ErrorReply | LaunchedNote;
 
 export function isId(x: unknown): x is number {
   return typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= MAX_REQUEST_ID;
@@ -315,6 +325,13 @@ function parseCollective(msg: Message, worldSize: number): CollectiveRequest {
     if (x.length !== want) throw new NccldError(ErrorCodes.BUFFER_COUNT, `${c} needs one ${field} buffer per rank: ${want}, in rank order; got ${x.length}`);
     return x.map((b, i) => parseSlot(b, i, field));
   };
+  for (const field of ['waitEvent', 'doneEvent'] as const) {
+    const h = msg[field];
+    if (h === undefined || h === null) continue;
+    if (!grouped) throw bad(`${field} needs the group form (one member, one GPU)`);
+    if (!(h instanceof Uint8Array) || h.length !== IPC_HANDLE_BYTES) throw bad(`${field} must be a binary of ${IPC_HANDLE_BYTES} bytes (a CUDA IPC event handle)`);
+    req[field] = Uint8Array.from(h);
+  }
   req.send = slots('send');
   if (msg.recv !== undefined && msg.recv !== null) req.recv = slots('recv');
   else if (c === 'alltoall') throw bad('alltoall cannot run in place: give recv buffers');

@@ -24,11 +24,13 @@ using Event = EventSt*;                   // CUevent
 
 constexpr std::size_t kIpcHandleSize = 64;                 // CU_IPC_HANDLE_SIZE
 struct IpcMemHandle { char reserved[kIpcHandleSize]; };  // CUipcMemHandle (passed by value)
+struct IpcEventHandle { char reserved[kIpcHandleSize]; }; // CUipcEventHandle (passed by value)
 static_assert(sizeof(IpcMemHandle) == 64 && alignof(IpcMemHandle) == 1, "CUipcMemHandle ABI");
 
 constexpr unsigned kIpcMemLazyEnablePeerAccess = 0x1;      // CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
 constexpr unsigned kStreamNonBlocking = 0x1;               // CU_STREAM_NON_BLOCKING
 constexpr unsigned kEventDisableTiming = 0x2;              // CU_EVENT_DISABLE_TIMING
+constexpr unsigned kEventInterprocess = 0x4;               // CU_EVENT_INTERPROCESS
 constexpr int kPointerAttributeDeviceOrdinal = 9;          // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
 
 // Entry points, resolved by their exported (versioned) symbol names, noted on the right.
@@ -64,6 +66,9 @@ struct Api {
   Result (*IpcGetMemHandle)(IpcMemHandle*, DevicePtr);               // cuIpcGetMemHandle
   Result (*IpcOpenMemHandle)(DevicePtr*, IpcMemHandle, unsigned int); // cuIpcOpenMemHandle_v2
   Result (*IpcCloseMemHandle)(DevicePtr);                            // cuIpcCloseMemHandle
+  Result (*IpcGetEventHandle)(IpcEventHandle*, Event);               // cuIpcGetEventHandle
+  Result (*IpcOpenEventHandle)(Event*, IpcEventHandle);              // cuIpcOpenEventHandle
+  Result (*StreamWaitEvent)(Stream, Event, unsigned int);            // cuStreamWaitEvent
 };
 
 }  // namespace cu

@@ -50,7 +50,10 @@ CudaLib::CudaLib() {
             Resolve(lib, "cuPointerGetAttribute", &api_.PointerGetAttribute, &why) &&
             Resolve(lib, "cuIpcGetMemHandle", &api_.IpcGetMemHandle, &why) &&
             Resolve(lib, "cuIpcOpenMemHandle_v2", &api_.IpcOpenMemHandle, &why) &&
-            Resolve(lib, "cuIpcCloseMemHandle", &api_.IpcCloseMemHandle, &why);
+            Resolve(lib, "cuIpcCloseMemHandle", &api_.IpcCloseMemHandle, &why) &&
+            Resolve(lib, "cuIpcGetEventHandle", &api_.IpcGetEventHandle, &why) &&
+            Resolve(lib, "cuIpcOpenEventHandle", &api_.IpcOpenEventHandle, &why) &&
+            Resolve(lib, "cuStreamWaitEvent", &api_.StreamWaitEvent, &why);
   if (!ok) {
     reason_ = path + " is unusable: " + why;
     return;  // keep the handle open: harmless, and dlclose of libcuda is never safe mid-process

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <string>
@@ -42,6 +43,8 @@ constexpr size_t kMaxBatch = 32;
 // While the GPU is busy, the communicator's asynchronous error is checked every this many polls
 // (a kernel spinning on a dead peer never finishes; the error says so).
 constexpr unsigned kAsyncCheckPolls = 32;
+// Clients' events kept open (a torch backend reuses a small pool of them).
+constexpr size_t kMaxClientEvents = 1024;
 
 // One collective resolved against the buffer table, ready to launch.
 struct Launch {
@@ -169,6 +172,8 @@ struct NcclRingWorker::Core {
     DropSplitComms();
     for (cu::Event ev : spare_events) CudaLib::Get().api().EventDestroy(ev);
     spare_events.clear();
+    for (auto& entry : client_events) CudaLib::Get().api().EventDestroy(entry.second);
+    client_events.clear();
     if (scratch) CudaLib::Get().api().MemFree(scratch);
     scratch = 0;
     ep->Flush();
@@ -204,7 +209,7 @@ struct NcclRingWorker::Core {
       bool failed = f == kFail && fault.compare_exchange_strong(f, kNoFault, std::memory_order_acq_rel);
       uint64_t index = ep->Tail();
       ring::SubmitHeader h;
-      ep->Take(&h, slots.data());
+      ep->Take(&h, slots.data(), events);
       int32_t code = ring::kOk;
       bool control = h.kind == ring::kKindSplitComm || h.kind == ring::kKindFreeComm;
       SharedComm* target = nullptr;
@@ -221,6 +226,18 @@ struct NcclRingWorker::Core {
         code = h.kind == ring::kKindSplitComm ? SplitComm(h) : FreeComm(h);
       } else if (!(target = CommFor(h.comm))) {
         code = ring::kBadRequest;  // a communicator this rank is not in
+      } else if (h.flags != 0) {
+        // With the client's events: launched alone, between a wait and a record on the stream.
+        if (!launches.empty()) LaunchAll();
+        batch_comm = target;
+        launches.emplace_back();
+        code = Resolve(h, *target, &launches.back());
+        if (code != ring::kOk) {
+          launches.pop_back();
+        } else {
+          LaunchWithEvents(h, *target);  // posts its own failure; else its end comes from the GPU
+          continue;
+        }
       } else {
         if (target != batch_comm && !launches.empty()) LaunchAll();
         batch_comm = target;
@@ -233,6 +250,54 @@ struct NcclRingWorker::Core {
       if (!launched && !ep->Post(h.seq, code, stopping, wake_efd)) return;
     }
     if (!launches.empty()) LaunchAll();
+  }
+
+  // Launches the one collective in `launches` behind the client's wait event and records its done
+  // event after it; posts kLaunched once the done event is on the stream. kOk when launched (its
+  // end is posted later), else the failure has been posted.
+  int32_t LaunchWithEvents(const ring::SubmitHeader& h, SharedComm& on) {
+    const cu::Api& cuda = CudaLib::Get().api();
+    uint64_t seq = h.seq;
+    int32_t code = ring::kOk;
+    if (h.flags & ring::kFlagWaitEvent) {
+      cu::Event wait = OpenEvent(events);
+      if (wait == nullptr || cuda.StreamWaitEvent(on.stream, wait, 0) != cu::kSuccess) code = ring::kCuda;
+    }
+    if (code != ring::kOk) {
+      launches.clear();
+      ep->Post(seq, code, stopping, wake_efd);
+      return code;
+    }
+    if (!LaunchAll()) return ring::kNccl;  // posted by LaunchAll
+    if (h.flags & ring::kFlagDoneEvent) {
+      cu::Event done = OpenEvent(events + ring::kEventHandleBytes);
+      if (done == nullptr || cuda.EventRecord(done, on.stream) != cu::kSuccess) {
+        // The collective runs; the client would wait on an event we never recorded: say so.
+        FailComm(ring::kCuda);
+        return ring::kCuda;
+      }
+      ep->Post(seq, ring::kLaunched, stopping, wake_efd);
+    }
+    return ring::kOk;
+  }
+
+  // The event a client shared (cuIpcOpenEventHandle), opened once per handle and kept.
+  cu::Event OpenEvent(const uint8_t* handle) {
+    std::string key(reinterpret_cast<const char*>(handle), ring::kEventHandleBytes);
+    auto it = client_events.find(key);
+    if (it != client_events.end()) return it->second;
+    const cu::Api& cuda = CudaLib::Get().api();
+    if (client_events.size() >= kMaxClientEvents) {
+      // A client cycling through fresh events: start over (work already enqueued keeps them).
+      for (auto& entry : client_events) cuda.EventDestroy(entry.second);
+      client_events.clear();
+    }
+    cu::IpcEventHandle h;
+    memcpy(h.reserved, handle, sizeof h.reserved);
+    cu::Event ev = nullptr;
+    if (cuda.IpcOpenEventHandle(&ev, h) != cu::kSuccess) return nullptr;
+    client_events.emplace(std::move(key), ev);
+    return ev;
   }
 
   SharedComm* CommFor(uint32_t id) {
@@ -357,7 +422,8 @@ struct NcclRingWorker::Core {
 
   // Launches `launches` on the communicator (in one group when more than one) and records an
   // event behind them.
-  void LaunchAll() {
+  // False when nothing was launched (each collective's failure is posted).
+  bool LaunchAll() {
     const nccl::Api& api = NcclLib::Get().api();
     SharedComm& on = *batch_comm;
     nccl::Result r = Settle(on);
@@ -387,7 +453,7 @@ struct NcclRingWorker::Core {
         for (const Launch& l : launches) ep->Post(l.seq, ring::kNccl, stopping, wake_efd);
       }
       launches.clear();
-      return;
+      return false;
     }
     const cu::Api& cuda = CudaLib::Get().api();
     cu::Event ev = nullptr;
@@ -407,11 +473,12 @@ struct NcclRingWorker::Core {
       FailComm(ring::kCuda);
       for (const Launch& l : launches) ep->Post(l.seq, ring::kCuda, stopping, wake_efd);
       launches.clear();
-      return;
+      return false;
     }
     for (const Launch& l : launches) inflight_seqs.push_back(l.seq);
     inflight.push_back({ev, launches.size()});
     launches.clear();
+    return true;
   }
 
   nccl::Result Call(const nccl::Api& api, const SharedComm& on, const Launch& l) {
@@ -537,6 +604,8 @@ struct NcclRingWorker::Core {
   std::unordered_map<uint32_t, std::shared_ptr<SharedComm>> split_comms;  // ours alone: no other thread
   SharedComm* batch_comm = nullptr;  // what `launches` run on
   cu::DevicePtr scratch = 0;         // barrier's word
+  uint8_t events[ring::kEventsPerRecord * ring::kEventHandleBytes];  // the record's, when it has some
+  std::unordered_map<std::string, cu::Event> client_events;          // by IPC handle bytes
   uint64_t fence = 0;            // records below this ring index predate the comm: ABORTED
   int32_t comm_failed = ring::kOk;  // nonzero: every record fails with it until the next comm
   std::vector<ring::BufferSlot> slots;
