@@ -193,8 +193,8 @@ export class ClientSession implements CollectiveOwner, MemberSession {
         throw new NccldError(ErrorCodes.DUPLICATE_ID, `request id ${id} is already in flight on this connection; it keeps its own reply`, { duplicateId: id });
       }
       const req = parseRequest(msg, this.ctx.world.size);
-      // release frees resources: neither a full quota nor shutdown refuses it.
-      if (req.type !== 'release') {
+      // release and leave free resources: neither a full quota nor shutdown refuses them.
+      if (req.type !== 'release' && req.type !== 'leave') {
         if (this.ctx.draining()) throw new NccldError(ErrorCodes.SHUTTING_DOWN, 'the daemon is shutting down and takes no new requests');
         if (this.process.unfinished >= this.ctx.limits.maxInFlight) {
           throw new NccldError(ErrorCodes.BUSY, `this client process already has ${this.ctx.limits.maxInFlight} requests unfinished; wait for replies first`);

@@ -345,7 +345,8 @@ function parseJoin(msg: Message, worldSize: number): JoinRequest {
   }
   if (!isCount(msg.size) || msg.size < 1) throw bad('join.size must be a positive integer');
   if (!isCount(msg.rank) || msg.rank >= msg.size) throw bad(`join.rank must be an integer from 0 to size - 1 (${msg.size - 1})`);
-  if (!isCount(msg.device) || msg.device >= worldSize) {
+  if (!isCount(msg.device)) throw bad('join.device must be the world rank whose device the buffers live on: a non-negative integer');
+  if (msg.device >= worldSize) {
     throw new NccldError(ErrorCodes.WRONG_DEVICE, `join.device must be the world rank whose device the buffers live on: 0 to ${worldSize - 1}`);
   }
   const req: JoinRequest = { type: 'join', id: msg.id as number, group: name, size: msg.size, rank: msg.rank, device: msg.device };
