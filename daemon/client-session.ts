@@ -14,6 +14,7 @@ import {
   parseHello,
   parseRequest,
   collectiveElements,
+  isInPlacePair,
   type AllReduceRequest,
   type BufferSlot,
   type CollectiveRequest,
@@ -246,7 +247,7 @@ export class ClientSession implements CollectiveOwner, MemberSession {
     const recvBytes = need.recv * elem;
     const send = req.send.map((s, i) => this.resolveSlot(s, i, sendBytes, sendField, i, elem));
     const recv = req.recv ? req.recv.map((s, i) => this.resolveSlot(s, i, recvBytes, 'recv', i, elem)) : null;
-    checkNoOverlap(send, sendBytes, recv, recvBytes, sendField);
+    checkNoOverlap(send, sendBytes, recv, recvBytes, sendField, (i, s, r) => isInPlacePair(req.collective, s.offset, r.offset, req.count * elem, i));
     const rec = recorder.queued(this.id, this.clientName, req.id, req.collective, req.dtype, req.op ?? '-', req.count, need.send * elem);
     const parts = { ranks: world.ranks.map((r) => r.rank), send, recv, comm: 0, grouped: false };
     const c = new Collective(this, req.id, req.collective, req.dtype, req.op ?? 'sum', req.count, req.root ?? 0, parts, Date.now() + timeoutMs, rec);
@@ -564,13 +565,23 @@ export class ClientSession implements CollectiveOwner, MemberSession {
  * No two slots of one registration may share bytes: ranks write their results into them (each
  * rank into every rank's, on the host backend). In place, a slot is both send and receive buffer.
  */
-function checkNoOverlap(send: Slot[], sendBytes: number, recv: Slot[] | null, recvBytes: number, sendField: string): void {
+function checkNoOverlap(
+  send: Slot[],
+  sendBytes: number,
+  recv: Slot[] | null,
+  recvBytes: number,
+  sendField: string,
+  inPlacePair: (share: number, send: Slot, recv: Slot) => boolean,
+): void {
+  const n = send.length;
   const all = recv ? [...send.map((s, i) => ({ s, bytes: sendBytes, name: `${sendField}[${i}]` })), ...recv.map((s, i) => ({ s, bytes: recvBytes, name: `recv[${i}]` }))] : send.map((s, i) => ({ s, bytes: sendBytes, name: `${sendField}[${i}]` }));
   for (let a = 0; a < all.length; a++) {
     for (let b = a + 1; b < all.length; b++) {
       const x = all[a];
       const y = all[b];
       if (x.s.reg !== y.s.reg || x.bytes === 0 || y.bytes === 0) continue;
+      // A share's own send and recv may be NCCL's in-place pair (the kernels expect exactly that).
+      if (recv && b === a + n && a < n && inPlacePair(a, x.s, y.s)) continue;
       if (x.s.offset < y.s.offset + y.bytes && y.s.offset < x.s.offset + x.bytes) {
         throw new NccldError(ErrorCodes.BUFFER_OVERLAP, `${x.name} and ${y.name} share bytes of buffer ${x.s.reg.id}; each needs its own bytes (leave recv out to run in place)`);
       }

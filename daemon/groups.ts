@@ -7,7 +7,7 @@
 // have not for longer than --stall-warn-ms.
 import { ErrorCodes, NccldError, toNccldError } from '../shared/errors.js';
 import { DTYPES } from '../shared/dtypes.js';
-import { REDUCING, ROOTED, collectiveElements, type BufferSlot, type CollectiveRequest, type JoinRequest } from '../shared/protocol.js';
+import { REDUCING, ROOTED, collectiveElements, isInPlacePair, type BufferSlot, type CollectiveRequest, type JoinRequest } from '../shared/protocol.js';
 import { ClientProcess } from './client-process.js';
 import { Collective, type CollectiveOwner, type Slot } from './collective.js';
 import type { FlightRecorder } from './flight-recorder.js';
@@ -184,7 +184,7 @@ export class Groups {
     const inPlace = !req.recv;
     const send = req.collective === 'barrier' ? null : resolve(req.send[0], 0, (inPlace ? Math.max(need.send, need.recv) : need.send) * elem, 'send', m.device, elem);
     const recv = req.recv ? resolve(req.recv[0], 0, need.recv * elem, 'recv', m.device, elem) : null;
-    if (send && recv && send.reg === recv.reg && overlaps(send, need.send * elem, recv, need.recv * elem)) {
+    if (send && recv && send.reg === recv.reg && overlaps(send, need.send * elem, recv, need.recv * elem) && !isInPlacePair(req.collective, send.offset, recv.offset, req.count * elem, m.rank)) {
       throw new NccldError(ErrorCodes.BUFFER_OVERLAP, 'send and recv share bytes: leave recv out to run in place');
     }
     for (const s of [send, recv]) if (s) s.reg.users++;

@@ -73,6 +73,18 @@ export function isCollective(x: unknown): x is CollectiveName {
  * Elements a rank's send and receive buffers hold for `count`, NCCL's conventions (count is what
  * NCCL's call takes: per rank for allgather's input, reducescatter's output, alltoall's peers).
  */
+/**
+ * Whether a share's send and recv slots are NCCL's in-place pair for the collective: the same
+ * bytes, except allgather (send is block `share` of recv) and reducescatter (recv is block
+ * `share` of send). Offsets in bytes; `block` = count × element size.
+ */
+export function isInPlacePair(c: CollectiveName, sendOffset: number, recvOffset: number, block: number, share: number): boolean {
+  if (c === 'alltoall' || c === 'barrier') return false;
+  if (c === 'allgather') return sendOffset === recvOffset + share * block;
+  if (c === 'reducescatter') return recvOffset === sendOffset + share * block;
+  return sendOffset === recvOffset;
+}
+
 export function collectiveElements(c: CollectiveName, count: number, n: number): { send: number; recv: number } {
   switch (c) {
     case 'allgather':
