@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -30,6 +31,15 @@ void DrainEventfd(int efd) {
   do {
     n = read(efd, &counter, sizeof counter);
   } while (n < 0 && errno == EINTR);
+}
+
+int StartWorkerThread(pthread_t* thread, void* (*main)(void*), void* arg) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int err = pthread_create(thread, nullptr, main, arg);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return err;
 }
 
 bool ParseRingFault(const Napi::Value& v, int* out) {

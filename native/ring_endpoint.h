@@ -5,6 +5,7 @@
 #pragma once
 
 #include <napi.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -98,6 +99,10 @@ constexpr int kRingSleepMs = 100;
 enum RingFault : int { kNoFault, kHang, kFail, kCrash };
 // 'hang' | 'fail' | 'crash' | null (none) into *out; false for anything else.
 bool ParseRingFault(const Napi::Value& v, int* out);
+
+// Starts a worker thread with every signal blocked in it (they are the main thread's business).
+// 0, or an errno value.
+int StartWorkerThread(pthread_t* thread, void* (*main)(void*), void* arg);
 
 // Eventfd helpers shared by the workers.
 void RingEventfd(int efd);

@@ -51,14 +51,9 @@ struct RingWorker::Core {
 
   ~Core() { Shutdown(); }
 
-  // Starts the thread, all signals blocked in it (they are the main thread's business).
   // 0, or an errno value.
   int Start() {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int err = pthread_create(&thread, nullptr, &Core::Main, this);
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    int err = StartWorkerThread(&thread, &Core::Main, this);
     if (err == 0) running = true;
     return err;
   }

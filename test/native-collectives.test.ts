@@ -6,6 +6,7 @@ import { native } from '../dist/shared/native.js';
 import { ErrorCodes } from '../dist/shared/errors.js';
 import { DTYPES, DTYPE_NAMES, REDUCE_OPS, REDUCE_OP_NAMES, type DType, type ReduceOp } from '../dist/shared/dtypes.js';
 import { typedView } from '../dist/shared/typed-arrays.js';
+import { collectiveElements } from '../dist/shared/protocol.js';
 import { compare, fromNumbers, randomInputs, reference, rng, toNumbers, type Reference } from '../dist/client/verify.js';
 
 const KINDS = { allreduce: 0, broadcast: 1, reduce: 2, allgather: 3, reducescatter: 4, alltoall: 5, barrier: 6 } as const;
@@ -18,20 +19,7 @@ const COUNTS = [1, 7, 1000, 4099];
 const SENTINEL = 0xa5;
 
 /** Elements of each rank's send and receive buffer, by NCCL's conventions. */
-function sizes(kind: Kind, count: number, n: number): { send: number; recv: number } {
-  switch (kind) {
-    case 'allgather':
-      return { send: count, recv: count * n };
-    case 'reducescatter':
-      return { send: count * n, recv: count };
-    case 'alltoall':
-      return { send: count * n, recv: count * n };
-    case 'barrier':
-      return { send: 0, recv: 0 };
-    default:
-      return { send: count, recv: count };
-  }
-}
+const sizes = (kind: Kind, count: number, n: number) => collectiveElements(kind, count, n);
 
 const view = (bytes: Uint8Array, dtype: DType) =>
   typedView(dtype, bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength / DTYPES[dtype].bytes);

@@ -85,11 +85,7 @@ struct NcclRingWorker::Core {
   ~Core() { Shutdown(); }
 
   int Start() {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int err = pthread_create(&thread, nullptr, &Core::Main, this);
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    int err = StartWorkerThread(&thread, &Core::Main, this);
     if (err == 0) {
       running = true;
       StopAtExit(this, [this] { Join(); });
