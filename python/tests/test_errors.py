@@ -359,8 +359,8 @@ def test_group_device_taken(two: list[nccld.Client]) -> None:
 
 
 def test_wrong_device(client: nccld.Client) -> None:
-    assert code_of(client.join, "nodev", 1, 0, device=WORLD, timeout_ms=100).code == ErrorCode.WRONG_DEVICE
     # A device not below the world's size is a wrong device.
+    assert code_of(client.join, "nodev", 1, 0, device=WORLD, timeout_ms=100).code == ErrorCode.WRONG_DEVICE
     # Leaving device out is a malformed join, not a wrong device.
     assert code_of(client.request, {"type": "join", "group": "nodev", "size": 1, "rank": 0}).code == ErrorCode.BAD_REQUEST
 
