@@ -282,7 +282,16 @@ export class RankProcess extends EventEmitter {
     if (wait) this.eventBytes.set(wait, 0);
     if (doneEv) this.eventBytes.set(doneEv, IPC_HANDLE_BYTES);
     const view = this.views[n] ?? (this.views[n] = { ids: this.slotIds.subarray(0, n), offsets: this.slotOffsets.subarray(0, n) });
-    if (!ring.submit(c.seq, RECORD_KINDS[c.kind], DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, view.ids, view.offsets, x, this.eventBytes)) {
+    let queued: boolean;
+    try {
+      queued = ring.submit(c.seq, RECORD_KINDS[c.kind], DTYPES[c.dtype].nccl, REDUCE_OPS[c.op], c.count, view.ids, view.offsets, x, this.eventBytes);
+    } catch (err) {
+      // A record the native side refuses is our bug: this collective fails, nothing waits on it.
+      this.log.error({ err, seq: c.seq }, 'the ring refused a record');
+      process.nextTick(done, new NccldError(ErrorCodes.INTERNAL, `rank ${this.rank} could not take collective seq ${c.seq}: ${(err as Error).message}`));
+      return;
+    }
+    if (!queued) {
       process.nextTick(done, new NccldError(ErrorCodes.BUSY, `rank ${this.rank}'s ring is full`));
       return;
     }
