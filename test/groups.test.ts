@@ -165,3 +165,23 @@ t.test('groups: a member killed mid-collective, and a stalled member', async (t)
   await me.request({ type: 'leave', group: g });
   t.equal(await debugCommand(d.debugSocket, 'groups'), 'no groups\nOK\n', 'and gone once we leave too');
 });
+
+t.test('groups: a world that breaks dissolves every group; members join again once it is back', async (t) => {
+  const d = await startDaemon(['--backend', 'host', '--ranks', '2', '--enable-fault-injection']);
+  t.teardown(() => d.stop());
+  const cs = await members(d.socket, 2);
+  t.teardown(() => Promise.all(cs.map((c) => c.close())));
+  const g = await join(cs, 'w', [0, 1]);
+  await debugCommand(d.debugSocket, 'inject 1 crash');
+  // The crash fires on this barrier: it fails for both members.
+  const broken = await Promise.all(cs.map((c, r) => settle(c.request({ type: 'collective', group: g[r], collective: 'barrier' }))));
+  t.ok(broken.every((x) => x.err), `the collective the rank died under fails for every member (${broken.map((x) => x.err?.code).join(', ')})`);
+  await until('the world to be rebuilt', async () => /world: ready/.test(await debugCommand(d.debugSocket, 'status')));
+  const after = await settle(cs[0].request({ type: 'collective', group: g[0], collective: 'barrier' }));
+  t.equal(after.err?.code, ErrorCodes.ABORTED, 'the group was dissolved by the break');
+  t.match(after.err?.message, /the world broke/, 'and says so');
+  await Promise.all(cs.map((c, r) => c.request({ type: 'leave', group: g[r] })));
+  const again = await join(cs, 'w', [0, 1]);
+  const done = await Promise.all(cs.map((c, r) => c.request({ type: 'collective', group: again[r], collective: 'barrier' })));
+  t.ok(done.every((x) => typeof x.seq === 'number'), 'a group formed again on the rebuilt world runs');
+});
