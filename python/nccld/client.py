@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import _wire
-from .buffers import BufferRef, CudaAllocation, HostBuffer, Registration, Slot, cuda_allocation
+from .buffers import IPC_HANDLE_BYTES, BufferRef, CudaAllocation, HostBuffer, Registration, Slot, cuda_allocation
 from .dtypes import DTypeLike, dtype_name
 from .errors import ErrorCode, NccldError
 from .group import Group
@@ -146,6 +146,8 @@ class Client:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: dict[int, Future[Message]] = {}
+        # Futures for the `launched` notes of collectives sent with a doneEvent, by request id.
+        self._launched: dict[int, Future[None]] = {}
         self._next_id = 1
         self._closed: NccldError | None = None
         self._closing = False
@@ -262,15 +264,39 @@ class Client:
             self._on_closed(why)
 
     def _dispatch(self, msg: Message) -> None:
-        rid = msg.get("id")
+        sent_id = msg.get("id")
+        kind = msg.get("type")
         fut = None
-        if msg.get("type") in ("result", "error") and isinstance(rid, int) and not isinstance(rid, bool):
+        launched: Future[None] | None = None
+        rid = sent_id if isinstance(sent_id, int) and not isinstance(sent_id, bool) else None
+        if kind == "launched" and rid is not None:
+            # A note that a collective is on every rank's stream (its doneEvent recorded): it
+            # carries the request's id but is not its answer; the request stays pending.
+            with self._lock:
+                launched = self._launched.pop(rid, None)
+                known = launched is not None or rid in self._pending
+            if launched is not None:
+                if not launched.done():
+                    launched.set_result(None)
+                return
+            if known:
+                return  # a request sent without asking for the note: nothing waits on it
+        if kind in ("result", "error") and rid is not None:
             with self._lock:
                 fut = self._pending.pop(rid, None)
+                if fut is not None:
+                    launched = self._launched.pop(rid, None)
+        if launched is not None and not launched.done():
+            # Answered without a launched note (failed before it was launched, or this member's
+            # own deadline): the note will not come; its waiters get the answer.
+            if kind == "error":
+                launched.set_exception(NccldError.from_reply(msg))
+            else:
+                launched.set_result(None)
         if fut is None:
             # An error about the connection or a request without a usable id (id: null), or
             # the reply to a frame sent with send_raw().
-            if msg.get("type") == "error" and rid is None:
+            if msg.get("type") == "error" and sent_id is None:
                 self._last_connection_error = msg
             self._unsolicited.put(msg)
             return
@@ -293,8 +319,9 @@ class Client:
                 why = NccldError(ErrorCode.CONNECTION_CLOSED, "the connection to nccld closed")
         with self._lock:
             self._closed = why
-            pending = list(self._pending.values())
+            pending: list[Future[Any]] = [*self._pending.values(), *self._launched.values()]
             self._pending.clear()
+            self._launched.clear()
             regs = list(self._registrations.items())
             self._registrations.clear()
         for fut in pending:
@@ -325,11 +352,21 @@ class Client:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def submit_request(self, msg: Mapping[str, Any], fds: Sequence[int] = (), *, id: int | None = None) -> Future[Message]:
+    def submit_request(
+        self,
+        msg: Mapping[str, Any],
+        fds: Sequence[int] = (),
+        *,
+        id: int | None = None,
+        launched: Future[None] | None = None,
+    ) -> Future[Message]:
         """Sends any request (``id`` is filled in unless given) and returns the future of its reply.
 
         The future's result is the ``{type: "result", ...}`` map; an error reply sets an
         :class:`NccldError`. For new request types and protocol tests; ``fds`` go with the frame.
+        ``launched``, for a collective sent with a ``doneEvent``, is completed by the daemon's
+        ``{type: "launched", id}`` note (or, if the answer comes without one, by the answer:
+        its error, or None).
         """
         self._check_open()
         fut: Future[Message] = Future()
@@ -339,6 +376,8 @@ class Client:
             elif id in self._pending:
                 raise NccldError(ErrorCode.DUPLICATE_ID, f"request id {id} is already in flight on this connection", {"duplicateId": id})
             self._pending[id] = fut
+            if launched is not None:
+                self._launched[id] = launched
         body = dict(msg)
         body["id"] = id
         frame = _wire.encode_frame(body)
@@ -346,12 +385,14 @@ class Client:
         if len(frame) - 4 > limit:
             with self._lock:
                 self._pending.pop(id, None)
+                self._launched.pop(id, None)
             raise NccldError(ErrorCode.FRAME_TOO_LARGE, f"the request is {len(frame) - 4} bytes; nccld accepts at most {limit}")
         try:
             self._send(frame, fds)
         except OSError as exc:
             with self._lock:
                 self._pending.pop(id, None)
+                self._launched.pop(id, None)
             raise NccldError(ErrorCode.CONNECTION_CLOSED, f"cannot send to nccld: {exc}") from None
         return fut
 
@@ -586,6 +627,8 @@ class Client:
         root: int | None,
         timeout_ms: int | None,
         group: int | None,
+        wait_event: bytes | None = None,
+        done_event: bytes | None = None,
     ) -> Message:
         msg: Message = {"type": "collective", "collective": collective}
         if group is not None:
@@ -611,6 +654,12 @@ class Client:
                     msg["recv"] = [self._slot(b) for b in recv] if isinstance(recv, (list, tuple)) else recv
         if timeout_ms is not None:
             msg["timeoutMs"] = timeout_ms
+        for field, handle in (("waitEvent", wait_event), ("doneEvent", done_event)):
+            if handle is not None:
+                handle = bytes(handle)
+                if len(handle) != IPC_HANDLE_BYTES:
+                    raise NccldError(ErrorCode.BAD_REQUEST, f"{field} must be a {IPC_HANDLE_BYTES}-byte CUDA IPC event handle, not {len(handle)} bytes")
+                msg[field] = handle
         return msg
 
     def submit_collective(

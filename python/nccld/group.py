@@ -52,10 +52,45 @@ class Group:
         """This member's next collective, over its own ``send`` (and ``recv``, unless in place)
         buffer; ``root`` is a group rank. The future holds the ``seq`` once every member's part
         has finished."""
+        return self.submit_collective_events(
+            collective, send, recv, dtype=dtype, op=op, count=count, root=root, timeout_ms=timeout_ms
+        )[0]
+
+    def submit_collective_events(
+        self,
+        collective: str,
+        send: BufferRef | None = None,
+        recv: BufferRef | None = None,
+        *,
+        dtype: DTypeLike | None = None,
+        op: str | None = None,
+        count: int | None = None,
+        root: int | None = None,
+        timeout_ms: int | None = None,
+        wait_event: bytes | None = None,
+        done_event: bytes | None = None,
+    ) -> tuple[Future[int], Future[None]]:
+        """:meth:`submit_collective` with CUDA events (nccl backend; docs/protocol.md, "CUDA
+        events"): the rank's stream waits on ``wait_event`` (a 64-byte CUDA IPC event handle the
+        caller recorded on its stream before this call) before the collective, and records
+        ``done_event`` right after it.
+
+        Returns ``(result, launched)``. ``result`` holds the ``seq`` once the collective has
+        finished on every rank, as always. ``launched`` is done once ``done_event`` is recorded
+        on every rank's stream (the daemon's ``launched`` note): from then on, a stream that
+        waits on ``done_event`` runs after the collective. If the answer comes without that
+        note (the collective failed before it was launched, or this member's deadline passed),
+        ``launched`` gets the answer: its error, or None. Without ``done_event`` no note comes
+        and ``launched`` completes with the answer.
+        """
         from .client import _then  # noqa: PLC0415 - circular at import time
 
-        msg = self.client._collective_message(collective, send, recv, dtype, op, count, root, timeout_ms, self.number)
-        return _then(self.client.submit_request(msg), lambda r: int(r["seq"]))
+        msg = self.client._collective_message(
+            collective, send, recv, dtype, op, count, root, timeout_ms, self.number, wait_event, done_event
+        )
+        launched: Future[None] = Future()
+        reply = self.client.submit_request(msg, launched=launched)
+        return _then(reply, lambda r: int(r["seq"])), launched
 
     def collective(
         self,
