@@ -154,32 +154,21 @@ class CudaAllocation:
 
 
 def cuda_allocation(tensor: Any) -> CudaAllocation:
-    """The allocation a CUDA torch tensor lives in, from ``untyped_storage()._share_cuda_()``.
+    """The cudaMalloc allocation a CUDA torch tensor lives in, found with the driver
+    (``cuPointerGetAttributes``, ``cuIpcGetMemHandle``), and the tensor's offset in it.
 
-    ``_share_cuda_()`` returns ``(device, handle, size_bytes, offset_bytes, ...)``; ``handle`` is
-    the bare 64-byte CUDA IPC handle in older PyTorch, and in newer ones (2.x) a version byte, a
-    type byte (``c``: a cudaMalloc segment, ``e``: an expandable segment) and the 64 bytes.
-    ``offset_bytes`` is the storage's offset in the segment; the tensor starts
-    ``storage_offset() * element_size()`` bytes further on.
+    Not ``untyped_storage()._share_cuda_()``: each call of that puts the storage behind a new
+    reference-counted IPC context that nccld never decrements (the memory then lingers after
+    the tensor dies) and records an interprocess event on the current stream.
     """
     if not getattr(tensor, "is_cuda", False):
         raise NccldError(ErrorCode.WRONG_BACKEND, "only CUDA tensors can be registered with the nccl backend")
-    storage = tensor.untyped_storage()
-    shared = storage._share_cuda_()
-    device, handle, _size, storage_offset = shared[0], bytes(shared[1]), shared[2], shared[3]
-    if len(handle) != IPC_HANDLE_BYTES:
-        if len(handle) == IPC_HANDLE_BYTES + 2 and handle[1:2] == b"c":
-            handle = handle[2:]
-        elif len(handle) == IPC_HANDLE_BYTES + 2 and handle[1:2] == b"e":
-            raise NccldError(
-                ErrorCode.BAD_BUFFER,
-                "this tensor lives in an expandable segment, which has no CUDA IPC handle: "
-                "allocate it with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False",
-            )
-        else:
-            raise NccldError(ErrorCode.BAD_BUFFER, f"unknown CUDA IPC handle format from PyTorch ({len(handle)} bytes)")
-    offset = int(storage_offset) + int(tensor.storage_offset()) * int(tensor.element_size())
-    return CudaAllocation(handle=handle, local_device=int(device), offset=offset)
+    from ._cuda import CudaDriver  # noqa: PLC0415 - torch and libcuda only when a CUDA tensor is used
+
+    device = int(tensor.device.index if tensor.device.index is not None else 0)
+    ptr = int(tensor.data_ptr())
+    base, _size, handle = CudaDriver.get().segment(ptr, device)
+    return CudaAllocation(handle=handle, local_device=device, offset=ptr - base)
 
 
 class Registration:
