@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# A/B of two addon builds (bench/ab-old.node, bench/ab-new.node) on the GPU machine, alternated:
-# serial collectives through the daemon at 8 B and 16 MiB, and torch all_reduce with CUDA events.
+# A/B of two addon builds on the GPU machine, alternated: serial collectives through the daemon
+# at 8 B and 16 MiB, and torch all_reduce with CUDA events. Copy each build's
+# build/Release/nccld.node to bench/ab-old.node and bench/ab-new.node (untracked, so they travel
+# with the working tree; delete them afterwards), stage, then
+#   bash .device/on-device.sh bash bench/ab-spin.sh
 set -uo pipefail
 for round in 1 2; do
   for which in old new; do
