@@ -17,6 +17,7 @@ import {
   isInPlacePair,
   type AllReduceRequest,
   type BufferSlot,
+  type CollectiveName,
   type CollectiveRequest,
   type HelloReply,
   type RegisterRequest,
@@ -24,7 +25,8 @@ import {
 } from '../shared/protocol.js';
 import { NCCLD_VERSION } from '../shared/version.js';
 import type { ClientProcess, ClientProcesses, Peer } from './client-process.js';
-import { Collective, type CollectiveOwner, type Slot } from './collective.js';
+import { Collective, slotsOverlap, type CollectiveOwner, type Slot } from './collective.js';
+import { requestTimeout } from './deadlines.js';
 import type { Groups, Member, MemberSession } from './groups.js';
 import type { FlightRecorder } from './flight-recorder.js';
 import type { Logger } from './logger.js';
@@ -232,10 +234,7 @@ export class ClientSession implements CollectiveOwner, MemberSession {
   /** A collective naming every rank's buffer (the single-client form). */
   private admitCollective(req: CollectiveRequest, sendField = 'send'): void {
     const { limits, world, scheduler, recorder } = this.ctx;
-    const timeoutMs = req.timeoutMs ?? limits.timeoutMs;
-    if (timeoutMs > limits.maxTimeoutMs) {
-      throw new NccldError(ErrorCodes.BAD_REQUEST, `timeoutMs ${timeoutMs} is over this daemon's limit of ${limits.maxTimeoutMs}`);
-    }
+    const timeoutMs = requestTimeout(req.timeoutMs, limits.timeoutMs, limits.maxTimeoutMs);
     if (req.root !== undefined && req.root >= world.size) {
       throw new NccldError(ErrorCodes.BAD_REQUEST, `root ${req.root} is not a rank: this daemon has ${world.size}`);
     }
@@ -247,9 +246,9 @@ export class ClientSession implements CollectiveOwner, MemberSession {
     const recvBytes = need.recv * elem;
     const send = req.send.map((s, i) => this.resolveSlot(s, i, sendBytes, sendField, i, elem));
     const recv = req.recv ? req.recv.map((s, i) => this.resolveSlot(s, i, recvBytes, 'recv', i, elem)) : null;
-    checkNoOverlap(send, sendBytes, recv, recvBytes, sendField, (i, s, r) => isInPlacePair(req.collective, s.offset, r.offset, req.count * elem, i));
+    checkNoOverlap(send, sendBytes, recv, recvBytes, sendField, req.collective, req.count * elem);
     const rec = recorder.queued(this.id, this.clientName, req.id, req.collective, req.dtype, req.op ?? '-', req.count, need.send * elem);
-    const parts = { ranks: world.ranks.map((r) => r.rank), send, recv, comm: 0, grouped: false };
+    const parts = { ranks: world.allRanks, send, recv, comm: 0, grouped: false };
     const c = new Collective(this, req.id, req.collective, req.dtype, req.op ?? 'sum', req.count, req.root ?? 0, parts, Date.now() + timeoutMs, rec);
     try {
       scheduler.submit(c);
@@ -257,7 +256,8 @@ export class ClientSession implements CollectiveOwner, MemberSession {
       recorder.finish(rec, toNccldError(err));
       throw err;
     }
-    for (const s of c.slots()) s.reg.users++;
+    for (const s of send) s.reg.users++;
+    if (recv) for (const s of recv) s.reg.users++;
     this.track(req.id);
   }
 
@@ -285,7 +285,9 @@ export class ClientSession implements CollectiveOwner, MemberSession {
   }
 
   ended(c: Collective): void {
-    this.settle(c.slots());
+    this.unuse(c.parts.send);
+    if (c.parts.recv) this.unuse(c.parts.recv);
+    this.finished();
   }
 
   get peerPid(): number | null {
@@ -308,14 +310,28 @@ export class ClientSession implements CollectiveOwner, MemberSession {
     this.send({ type: 'launched', id: requestId });
   }
 
-  settle(slots: Iterable<Slot>): void {
-    for (const s of slots) {
-      s.reg.users--;
-      if (s.reg.released && s.reg.users === 0) void this.drop(s.reg);
-    }
+  settle(send: Slot | null = null, recv: Slot | null = null): void {
+    if (send) this.unuseSlot(send);
+    if (recv) this.unuseSlot(recv);
+    this.finished();
+  }
+
+  /** A request has ended: its place in maxInFlight is free. */
+  private finished(): void {
     this.process.unfinished--;
     this.ctx.processes.forgetIfIdle(this.process);
   }
+
+  private unuse(slots: readonly Slot[]): void {
+    for (const s of slots) this.unuseSlot(s);
+  }
+
+  /** A collective is done with this buffer: a released one goes once nothing uses it. */
+  private unuseSlot(s: Slot): void {
+    s.reg.users--;
+    if (s.reg.released && s.reg.users === 0) void this.drop(s.reg);
+  }
+
 
   private startRegister(req: RegisterRequest, fd: number | undefined): void {
     const reg = this.newRegistration(req, fd);
@@ -565,26 +581,21 @@ export class ClientSession implements CollectiveOwner, MemberSession {
  * No two slots of one registration may share bytes: ranks write their results into them (each
  * rank into every rank's, on the host backend). In place, a slot is both send and receive buffer.
  */
-function checkNoOverlap(
-  send: Slot[],
-  sendBytes: number,
-  recv: Slot[] | null,
-  recvBytes: number,
-  sendField: string,
-  inPlacePair: (share: number, send: Slot, recv: Slot) => boolean,
-): void {
+function checkNoOverlap(send: Slot[], sendBytes: number, recv: Slot[] | null, recvBytes: number, sendField: string, collective: CollectiveName, block: number): void {
   const n = send.length;
-  const all = recv ? [...send.map((s, i) => ({ s, bytes: sendBytes, name: `${sendField}[${i}]` })), ...recv.map((s, i) => ({ s, bytes: recvBytes, name: `recv[${i}]` }))] : send.map((s, i) => ({ s, bytes: sendBytes, name: `${sendField}[${i}]` }));
-  for (let a = 0; a < all.length; a++) {
-    for (let b = a + 1; b < all.length; b++) {
-      const x = all[a];
-      const y = all[b];
-      if (x.s.reg !== y.s.reg || x.bytes === 0 || y.bytes === 0) continue;
+  const total = recv ? 2 * n : n;
+  // Slot k: send[k], then recv[k - n]. No allocation: this runs for every request.
+  const slot = (k: number) => (k < n ? send[k] : recv![k - n]);
+  const bytes = (k: number) => (k < n ? sendBytes : recvBytes);
+  const name = (k: number) => (k < n ? `${sendField}[${k}]` : `recv[${k - n}]`);
+  for (let a = 0; a < total; a++) {
+    for (let b = a + 1; b < total; b++) {
+      const x = slot(a);
+      const y = slot(b);
+      if (!slotsOverlap(x, bytes(a), y, bytes(b))) continue;
       // A share's own send and recv may be NCCL's in-place pair (the kernels expect exactly that).
-      if (recv && b === a + n && a < n && inPlacePair(a, x.s, y.s)) continue;
-      if (x.s.offset < y.s.offset + y.bytes && y.s.offset < x.s.offset + x.bytes) {
-        throw new NccldError(ErrorCodes.BUFFER_OVERLAP, `${x.name} and ${y.name} share bytes of buffer ${x.s.reg.id}; each needs its own bytes (leave recv out to run in place)`);
-      }
+      if (b === a + n && a < n && isInPlacePair(collective, x.offset, y.offset, block, a)) continue;
+      throw new NccldError(ErrorCodes.BUFFER_OVERLAP, `${name(a)} and ${name(b)} share bytes of buffer ${x.reg.id}; each needs its own bytes (leave recv out to run in place)`);
     }
   }
 }

@@ -49,7 +49,7 @@ export const RECORD_KINDS: Readonly<Record<CollectiveKind, number>> = {
 /** Who takes part and where: the world ranks, one per share, and their buffers in the same order. */
 export interface Participants {
   /** World ranks in share order (a group's rank order); the world's own order for a single client. */
-  ranks: number[];
+  readonly ranks: readonly number[];
   /** Each share's send buffer (empty for barrier and communicator control). */
   send: Slot[];
   /** Each share's receive buffer; null: in place. */
@@ -99,9 +99,9 @@ export class Collective implements Expiring {
     return this.count * DTYPES[this.dtype].bytes;
   }
 
-  /** Every buffer it uses: held (users) from admission to its end. */
-  *slots(): IterableIterator<Slot> {
-    yield* this.parts.send;
-    if (this.parts.recv) yield* this.parts.recv;
-  }
+}
+
+/** Whether two slots of one registration, of these byte lengths, share bytes. */
+export function slotsOverlap(a: Slot, aBytes: number, b: Slot, bBytes: number): boolean {
+  return a.reg === b.reg && aBytes > 0 && bBytes > 0 && a.offset < b.offset + bBytes && b.offset < a.offset + aBytes;
 }

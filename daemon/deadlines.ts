@@ -1,5 +1,7 @@
 // One timer for every deadline in the daemon: a min-heap of the items that can expire, and a
 // single setTimeout armed for the earliest. A timer per request costs more than the request.
+import { ErrorCodes, NccldError } from '../shared/errors.js';
+
 export interface Expiring {
   /** Epoch milliseconds. */
   deadline: number;
@@ -8,6 +10,13 @@ export interface Expiring {
 }
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A request's deadline in ms: the one it names, else the default; over the maximum is refused. */
+export function requestTimeout(requested: number | undefined, defaultMs: number, maxMs: number): number {
+  const ms = requested ?? defaultMs;
+  if (ms > maxMs) throw new NccldError(ErrorCodes.BAD_REQUEST, `timeoutMs ${ms} is over this daemon's limit of ${maxMs}`);
+  return ms;
+}
 
 export class DeadlineQueue<T extends Expiring> {
   private readonly heap: T[] = [];

@@ -9,7 +9,8 @@ import { ErrorCodes, NccldError, toNccldError } from '../shared/errors.js';
 import { DTYPES } from '../shared/dtypes.js';
 import { REDUCING, ROOTED, collectiveElements, isInPlacePair, type BufferSlot, type CollectiveRequest, type JoinRequest } from '../shared/protocol.js';
 import { ClientProcess } from './client-process.js';
-import { Collective, type CollectiveOwner, type Slot } from './collective.js';
+import { Collective, slotsOverlap, type CollectiveOwner, type Slot } from './collective.js';
+import { requestTimeout } from './deadlines.js';
 import type { FlightRecorder } from './flight-recorder.js';
 import type { Logger } from './logger.js';
 import type { Scheduler } from './scheduler.js';
@@ -28,7 +29,7 @@ export interface MemberSession {
   /** Answers a tracked request: frees its id. */
   reply(requestId: number, fields: Record<string, unknown> | NccldError): void;
   /** A tracked request's work has ended: its buffers and its place in maxInFlight are free. */
-  settle(slots: Iterable<Slot>): void;
+  settle(send?: Slot | null, recv?: Slot | null): void;
   /** Tells the client its collective is on every rank's stream (its doneEvent recorded). */
   sendLaunched(requestId: number): void;
 }
@@ -89,10 +90,8 @@ export class Group {
     this.process = new ClientProcess(`group:${id}`, null, null);
   }
 
-  /** World rank of each group rank (all members joined). */
-  get devices(): number[] {
-    return this.members.map((m) => m!.device);
-  }
+  /** World rank of each group rank: set once every member has joined. */
+  devices: number[] = [];
 }
 
 export interface GroupsOptions {
@@ -137,7 +136,7 @@ export class Groups {
   join(session: MemberSession, req: JoinRequest): void {
     const { world } = this.opts;
     if (world.state === 'failed') throw world.failedError();
-    const timeoutMs = this.timeout(req.timeoutMs);
+    const timeoutMs = requestTimeout(req.timeoutMs, this.opts.timeoutMs, this.opts.maxTimeoutMs);
     if (req.size > world.size) throw new NccldError(ErrorCodes.GROUP_SIZE, `group size ${req.size} is more than this daemon's ${world.size} ranks`);
     let g = this.byName.get(req.group);
     if (g && g.state !== 'forming') throw new NccldError(ErrorCodes.GROUP_RANK_TAKEN, `group ${JSON.stringify(req.group)} is already formed; a new one under this name can form once it is dissolved`);
@@ -172,7 +171,7 @@ export class Groups {
     const g = m.group;
     if (g.state === 'dissolved') throw g.reason!;
     if (g.state !== 'live') throw new NccldError(ErrorCodes.NO_SUCH_GROUP, `group ${req.group} is not formed yet`);
-    const timeoutMs = this.timeout(req.timeoutMs);
+    const timeoutMs = requestTimeout(req.timeoutMs, this.opts.timeoutMs, this.opts.maxTimeoutMs);
     if ((req.waitEvent || req.doneEvent) && !this.opts.world.traits.needsCommunicator) {
       throw new NccldError(ErrorCodes.WRONG_BACKEND, 'CUDA events need the nccl backend: this daemon runs the host backend');
     }
@@ -184,7 +183,7 @@ export class Groups {
     const inPlace = !req.recv;
     const send = req.collective === 'barrier' ? null : resolve(req.send[0], 0, (inPlace ? Math.max(need.send, need.recv) : need.send) * elem, 'send', m.device, elem);
     const recv = req.recv ? resolve(req.recv[0], 0, need.recv * elem, 'recv', m.device, elem) : null;
-    if (send && recv && send.reg === recv.reg && overlaps(send, need.send * elem, recv, need.recv * elem) && !isInPlacePair(req.collective, send.offset, recv.offset, req.count * elem, m.rank)) {
+    if (send && recv && slotsOverlap(send, need.send * elem, recv, need.recv * elem) && !isInPlacePair(req.collective, send.offset, recv.offset, req.count * elem, m.rank)) {
       throw new NccldError(ErrorCodes.BUFFER_OVERLAP, 'send and recv share bytes: leave recv out to run in place');
     }
     for (const s of [send, recv]) if (s) s.reg.users++;
@@ -220,7 +219,7 @@ export class Groups {
     const freed = this.drop(m, `rank ${m.rank} (pid ${session.peerPid ?? '?'}) left`);
     void freed.then(() => {
       session.reply(requestId, {});
-      session.settle([]);
+      session.settle();
     });
   }
 
@@ -253,7 +252,7 @@ export class Groups {
     g.members[m.rank] = undefined;
     m.session.memberships.delete(g.id);
     m.session.reply(m.joinId, err);
-    m.session.settle([]);
+    m.session.settle();
     if (g.members.every((x) => !x)) {
       this.byName.delete(g.name);
       this.live.delete(g);
@@ -262,6 +261,7 @@ export class Groups {
 
   private form(g: Group): void {
     g.state = 'building';
+    g.devices = g.members.map((m) => m!.device);
     for (const m of g.members) {
       if (m!.joinTimer) clearTimeout(m!.joinTimer);
       m!.joinTimer = null;
@@ -282,13 +282,13 @@ export class Groups {
     g.comm = g.id;
     const keys = new Array(this.opts.world.size).fill(-1);
     g.members.forEach((m) => (keys[m!.device] = m!.rank));
-    this.control(g, 'split', { ranks: this.opts.world.ranks.map((r) => r.rank), send: [], recv: null, comm: g.comm, grouped: false, splitKeys: keys }, done);
+    this.control(g, 'split', { ranks: this.opts.world.allRanks, send: [], recv: null, comm: g.comm, grouped: false, splitKeys: keys }, done);
   }
 
   private answerJoin(m: Member, err: NccldError | null): void {
     const g = m.group;
     m.session.reply(m.joinId, err ?? { group: g.id, size: g.size, rank: m.rank, devices: g.devices });
-    m.session.settle([]);
+    m.session.settle();
     if (err) m.session.memberships.delete(g.id);
   }
 
@@ -362,7 +362,7 @@ export class Groups {
         for (const s of subs) this.answerSub(s, err ?? { seq: c.seq });
       },
       ended: () => {
-        for (const s of subs) s.member.session.settle(slotsOf(s));
+        for (const s of subs) s.member.session.settle(s.send, s.recv);
       },
       launched: () => {
         for (const s of subs) if (s.req.doneEvent && !s.answered) s.member.session.sendLaunched(s.requestId);
@@ -390,7 +390,7 @@ export class Groups {
   /** A submission that will never run: answered, its buffers and place freed. */
   private finishSub(s: Submission, err: NccldError): void {
     this.answerSub(s, err);
-    s.member.session.settle(slotsOf(s));
+    s.member.session.settle(s.send, s.recv);
   }
 
   private worldBroke(state: string): void {
@@ -447,11 +447,6 @@ export class Groups {
     };
   }
 
-  private timeout(requested: number | undefined): number {
-    const ms = requested ?? this.opts.timeoutMs;
-    if (ms > this.opts.maxTimeoutMs) throw new NccldError(ErrorCodes.BAD_REQUEST, `timeoutMs ${ms} is over this daemon's limit of ${this.opts.maxTimeoutMs}`);
-    return ms;
-  }
 }
 
 export interface GroupView {
@@ -463,14 +458,6 @@ export interface GroupView {
   reason: string | null;
   members: { rank: number; pid: number | null; device: number; client: number; submitted: number }[];
   waiting: { collective: number; since: string; waitingMs: number; sent: number[]; missing: number[] }[];
-}
-
-function slotsOf(s: Submission): Slot[] {
-  return s.send && s.recv ? [s.send, s.recv] : s.send ? [s.send] : s.recv ? [s.recv] : [];
-}
-
-function overlaps(a: Slot, aBytes: number, b: Slot, bBytes: number): boolean {
-  return a.offset < b.offset + bBytes && b.offset < a.offset + aBytes;
 }
 
 /** The fields on which the members' k-th collectives differ, or null when they agree. */

@@ -55,6 +55,8 @@ export class World extends EventEmitter {
   rebuilds = 0;
   lastBreak: string | null = null;
   readonly ranks: RankProcess[];
+  /** 0..size-1: the ranks a collective over the whole world runs on. */
+  readonly allRanks: readonly number[];
   readonly backend: Backend;
   readonly traits: BackendTraits;
   readonly registry = new Registry();
@@ -86,6 +88,7 @@ export class World extends EventEmitter {
           startTimeoutMs: opts.startTimeoutMs ?? 120_000,
         }),
     );
+    this.allRanks = this.ranks.map((r) => r.rank);
     for (const r of this.ranks) r.on('exit', (e: { expected: boolean }) => this.onRankExit(r, e.expected));
   }
 

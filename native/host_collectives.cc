@@ -135,7 +135,7 @@ void AllToAllShare(const HostCollective& c, const Piece& p) {
 
 }  // namespace
 
-void HostCollectiveBytes(uint8_t kind, uint64_t count, size_t elem, uint32_t nranks, uint64_t* send_bytes,
+void CollectiveBytes(uint8_t kind, uint64_t count, size_t elem, uint32_t nranks, uint64_t* send_bytes,
                          uint64_t* recv_bytes) {
   uint64_t chunk = MulSaturated(count, elem);
   uint64_t all = MulSaturated(chunk, nranks);
@@ -174,7 +174,7 @@ int RunHostShare(const HostCollective& c, uint32_t rank) {
   if (Reduces(c.kind) && GetReduceIntoFn(c.dtype, c.op) == nullptr) return kShareBadOp;
   if (Rooted(c.kind) && c.root >= c.nranks) return kShareBadRoot;
   uint64_t send_bytes, recv_bytes;
-  HostCollectiveBytes(c.kind, c.count, elem, c.nranks, &send_bytes, &recv_bytes);
+  CollectiveBytes(c.kind, c.count, elem, c.nranks, &send_bytes, &recv_bytes);
   if (send_bytes == UINT64_MAX || recv_bytes == UINT64_MAX) return kShareTooLarge;
 
   bool whole_receive = c.kind == kCollAllGather || c.kind == kCollAllToAll;

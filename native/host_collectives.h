@@ -56,8 +56,8 @@ enum HostShareStatus : int {
 };
 
 // Byte sizes every rank's send and receive buffers must have, by NCCL's conventions (0 for
-// none). UINT64_MAX where the size does not fit in 64 bits.
-void HostCollectiveBytes(uint8_t kind, uint64_t count, size_t elem, uint32_t nranks, uint64_t* send_bytes,
+// none); both backends check buffers against them. UINT64_MAX where the size does not fit in 64 bits.
+void CollectiveBytes(uint8_t kind, uint64_t count, size_t elem, uint32_t nranks, uint64_t* send_bytes,
                          uint64_t* recv_bytes);
 
 // Whether rank's send/recv pair is NCCL's in-place pair for kind: send == recv, except

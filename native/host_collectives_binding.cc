@@ -155,7 +155,7 @@ Napi::Value HostCollectiveJs(const Napi::CallbackInfo& info) {
   auto k = static_cast<uint8_t>(kind);
   size_t elem = DTypeSize(static_cast<int>(dtype));
   uint64_t send_bytes, recv_bytes;
-  HostCollectiveBytes(k, count, elem, nranks, &send_bytes, &recv_bytes);
+  CollectiveBytes(k, count, elem, nranks, &send_bytes, &recv_bytes);
   for (uint32_t i = 0; i < nranks; ++i) {
     std::string why;
     const char* code = CheckSpan(sends[i], send_bytes, elem, &why);

@@ -61,6 +61,12 @@ constexpr uint8_t kKindSplitComm = 7;
 constexpr uint8_t kKindFreeComm = 8;
 constexpr uint8_t kNumRecordKinds = 9;
 
+// The collectives that take an op, and those that take a root.
+constexpr bool Reduces(uint8_t kind) {
+  return kind == kKindAllReduce || kind == kKindReduce || kind == kKindReduceScatter;
+}
+constexpr bool Rooted(uint8_t kind) { return kind == kKindBroadcast || kind == kKindReduce; }
+
 // Limits, on both sides.
 constexpr uint32_t kMaxCapacity = 1u << 16;
 constexpr uint32_t kMaxBuffers = 1024;           // nbuf is a u16; far above any real world size

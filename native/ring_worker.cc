@@ -146,8 +146,8 @@ struct RingWorker::Core {
 
   // Validates a record against the buffer table and runs this rank's share of it.
   int32_t Process(const ring::SubmitHeader& h) {
-    bool reduces = h.kind == ring::kKindAllReduce || h.kind == ring::kKindReduce || h.kind == ring::kKindReduceScatter;
-    bool rooted = h.kind == ring::kKindBroadcast || h.kind == ring::kKindReduce;
+    bool reduces = ring::Reduces(h.kind);
+    bool rooted = ring::Rooted(h.kind);
     // A group's collective names its own ranks; a world's, every rank.
     uint32_t n = h.nshares != 0 ? h.nshares : nranks;
     uint32_t me = h.nshares != 0 ? h.share : static_cast<uint32_t>(rank);
@@ -162,7 +162,7 @@ struct RingWorker::Core {
     }
     size_t elem = DTypeSize(h.dtype);
     uint64_t send_bytes, recv_bytes;
-    HostCollectiveBytes(h.kind, h.count, elem, n, &send_bytes, &recv_bytes);
+    CollectiveBytes(h.kind, h.count, elem, n, &send_bytes, &recv_bytes);
     if (send_bytes == UINT64_MAX || recv_bytes == UINT64_MAX) return ring::kBufferTooSmall;
     // The mappings are held (not just looked up) until the share is done: a dropBuffer() or a
     // segment's close() meanwhile cannot unmap them under us.

@@ -22,6 +22,7 @@
 #include "errors.h"
 #include "exit_stop.h"
 #include "gpu_error.h"
+#include "host_collectives.h"
 #include "js_args.h"
 #include "nccl_lib.h"
 #include "poll_backoff.h"
@@ -57,18 +58,6 @@ struct Launch {
   void* send;
   void* recv;
 };
-
-// Bytes of a rank's send and receive buffers, NCCL's conventions for each collective's count.
-void NcclBytes(uint8_t kind, uint64_t count, uint64_t elem, uint64_t nranks, uint64_t* send, uint64_t* recv) {
-  uint64_t one = count * elem;
-  uint64_t all = one * nranks;
-  switch (kind) {
-    case ring::kKindAllGather: *send = one; *recv = all; break;
-    case ring::kKindReduceScatter: *send = all; *recv = one; break;
-    case ring::kKindAllToAll: *send = all; *recv = all; break;
-    default: *send = one; *recv = one;
-  }
-}
 
 }  // namespace
 
@@ -372,8 +361,8 @@ struct NcclRingWorker::Core {
 
   // Checks a record against the buffer table and NCCL's rules for its collective.
   int32_t Resolve(const ring::SubmitHeader& h, const SharedComm& on, Launch* out) {
-    bool reduces = h.kind == ring::kKindAllReduce || h.kind == ring::kKindReduce || h.kind == ring::kKindReduceScatter;
-    bool rooted = h.kind == ring::kKindBroadcast || h.kind == ring::kKindReduce;
+    bool reduces = ring::Reduces(h.kind);
+    bool rooted = ring::Rooted(h.kind);
     if (h.kind == ring::kKindBarrier) {
       // NCCL has no barrier: a one-element AllReduce on a scratch word of ours is one.
       if (!scratch && CudaLib::Get().api().MemAlloc(&scratch, sizeof(float)) != cu::kSuccess) {
@@ -392,7 +381,7 @@ struct NcclRingWorker::Core {
     uint64_t elem = DTypeSize(h.dtype);
     if (elem == 0 || h.count > (uint64_t{1} << 48) / elem) return ring::kBadRequest;
     uint64_t need[2];
-    NcclBytes(h.kind, h.count, elem, static_cast<uint64_t>(on.nranks), &need[0], &need[1]);
+    CollectiveBytes(h.kind, h.count, elem, static_cast<uint32_t>(on.nranks), &need[0], &need[1]);
     uint64_t ptr[2];
     {
       std::lock_guard<std::mutex> lock(mu);

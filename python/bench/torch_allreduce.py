@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON_DIR = REPO / "python"
+sys.path.insert(0, str(PYTHON_DIR))
+
+from tests.daemon import Daemon  # noqa: E402 - the tests' own daemon starter, after the path
 HOST_SIZES = [8, 64 << 10, 16 << 20]
 CUDA_SIZES = [8, 256 << 20]
 
@@ -47,46 +48,6 @@ def iters_for(nbytes: int, scale: float) -> int:
 def p50(xs: list[float]) -> float:
     s = sorted(xs)
     return s[len(s) // 2]
-
-
-class Daemon:
-    def __init__(self, backend: str, ranks: int | None) -> None:
-        main = REPO / "dist" / "daemon" / "main.js"
-        if not main.exists():
-            subprocess.run(["npx", "tsc", "-p", "tsconfig.json"], cwd=REPO, check=True)
-        self.dir = tempfile.mkdtemp(prefix="nccld-bench-")
-        self.socket = os.path.join(self.dir, "a.sock")
-        cmd = ["node", str(main), "--backend", backend, "--socket", self.socket, "--debug-socket", os.path.join(self.dir, "d.sock"), "--log-level", "warn"]
-        if ranks is not None:
-            cmd += ["--ranks", str(ranks)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NCCLD_")}
-        self.log = open(os.path.join(self.dir, "daemon.log"), "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        sys.path.insert(0, str(PYTHON_DIR))
-        import nccld  # noqa: PLC0415
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"nccld --backend {backend} exited: {open(self.log.name).read()[-2000:]}")
-            if os.path.exists(self.socket):
-                try:
-                    nccld.connect(self.socket, timeout=5).close()
-                    return
-                except nccld.NccldError:
-                    pass
-            time.sleep(0.05)
-        raise SystemExit(f"nccld --backend {backend} did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +250,7 @@ def main() -> None:
 
     procs = [int(p) for p in args.procs.split(",") if p]
     results: dict[str, Any] = {"host": {}, "cuda": None, "cpus": os.cpu_count()}
-    daemon = None if args.socket else Daemon("host", max(procs))
+    daemon = None if args.socket else Daemon(backend="host", ranks=max(procs))
     try:
         for n in procs:
             results["host"][n] = run_host(args.socket or daemon.socket, n, args.scale)  # type: ignore[union-attr]
@@ -297,7 +258,7 @@ def main() -> None:
         if daemon:
             daemon.stop()
     if args.cuda:
-        gpu = Daemon("nccl", None)
+        gpu = Daemon(backend="nccl", ranks=None)
         try:
             results["cuda"] = run_cuda(gpu.socket, args.scale)
         finally:

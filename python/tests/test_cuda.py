@@ -3,7 +3,6 @@ caching allocator's segments, collectives over every GPU. Skipped where there is
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,17 +14,12 @@ if not torch.cuda.is_available():
 import nccld  # noqa: E402
 from nccld import ErrorCode, NccldError  # noqa: E402
 
-from .conftest import Daemon  # noqa: E402
+from .conftest import Daemon, gpu_daemon_or_skip  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def gpu_daemon() -> Iterator[Daemon]:
-    if "expandable_segments:True" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
-        pytest.skip("PYTORCH_CUDA_ALLOC_CONF has expandable segments, which have no CUDA IPC handle")
-    try:
-        d = Daemon(backend="nccl", ranks=None)
-    except RuntimeError as exc:
-        pytest.skip(f"nccld --backend nccl did not start here: {exc}")
+    d = gpu_daemon_or_skip()
     yield d
     d.stop()
 

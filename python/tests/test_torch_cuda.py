@@ -24,7 +24,7 @@ import nccld  # noqa: E402
 import nccld.torch as nt  # noqa: E402
 from nccld import ErrorCode, NccldError  # noqa: E402
 
-from .conftest import Daemon  # noqa: E402
+from .conftest import Daemon, gpu_daemon_or_skip  # noqa: E402
 
 DEV = "cuda:0"
 
@@ -33,12 +33,7 @@ DEV = "cuda:0"
 def job() -> Iterator[dict[str, Any]]:
     """A world of 1 on a nccl-backend daemon: "nccld" as the default group, and "nccl" (when
     torch has it) as a second group to compare with."""
-    if "expandable_segments:True" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
-        pytest.skip("PYTORCH_CUDA_ALLOC_CONF has expandable segments, which have no CUDA IPC handle")
-    try:
-        d = Daemon(backend="nccl", ranks=None)
-    except RuntimeError as exc:
-        pytest.skip(f"nccld --backend nccl did not start here: {exc}")
+    d = gpu_daemon_or_skip()
     old = os.environ.get("NCCLD_SOCKET")
     os.environ["NCCLD_SOCKET"] = d.socket
     tmp = tempfile.mkdtemp(prefix="nccld-torch-cuda-")
